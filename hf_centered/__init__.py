@@ -1,0 +1,41 @@
+"""hf_centered: anti-over-smoothing corrections for Hugging Face BERT and ViT, registered with the Auto classes.
+
+Importing the package registers `centered_bert` and `centered_vit` with `AutoConfig` and the `AutoModel*` classes
+(no network access).
+"""
+
+from .auto import AUTO_CLASSES, register_auto_classes
+from .configuration_centered import CenteredBertConfig, CenteredViTConfig
+from .corrections import available_corrections
+from .fusion import available_fusions
+from .hub import export_for_hub, push_to_hub
+from .modeling_centered_bert import (
+    CenteredBertForMaskedLM,
+    CenteredBertForSequenceClassification,
+    CenteredBertForTokenClassification,
+    CenteredBertModel,
+    CenteredBertPreTrainedModel,
+)
+from .modeling_centered_vit import CenteredViTForImageClassification, CenteredViTModel, CenteredViTPreTrainedModel
+
+__version__ = "0.1.0"
+
+register_auto_classes()
+
+__all__ = [
+    "AUTO_CLASSES",
+    "CenteredBertConfig",
+    "CenteredBertForMaskedLM",
+    "CenteredBertForSequenceClassification",
+    "CenteredBertForTokenClassification",
+    "CenteredBertModel",
+    "CenteredBertPreTrainedModel",
+    "CenteredViTConfig",
+    "CenteredViTForImageClassification",
+    "CenteredViTModel",
+    "CenteredViTPreTrainedModel",
+    "available_corrections",
+    "available_fusions",
+    "export_for_hub",
+    "push_to_hub",
+]

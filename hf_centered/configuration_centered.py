@@ -1,0 +1,160 @@
+"""Configurations of the corrected BERT and ViT models: the stock configurations plus the correction fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import BertConfig, ViTConfig
+from transformers.utils import logging
+
+from .corrections import CORRECTIONS, NO_CORRECTION, available_corrections
+from .fusion import NO_FUSION, available_fusions
+
+logger = logging.get_logger(__name__)
+
+
+def _allowed(names) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+@dataclass(repr=False)
+class CorrectionConfigMixin:
+    """The fields of api.md shared by both configurations, their validation and normalisation.
+
+    Args:
+        correction (`str` or `list[str]`, defaults to `"centered"`):
+            One of `available_corrections()`, or a list of several to combine them (`"none"` stands alone).
+        correction_layers (`list[int]`, *optional*):
+            0-based indices of the layers the corrections act in; `None` means every layer. NeuTRENO's V⁰ always
+            comes from layer 0, whether or not layer 0 is listed.
+        centered_scale (`float`, defaults to 1.0): γ of centered attention.
+        neutreno_lambda (`float`, defaults to 0.6): λ of NeuTRENO.
+        contranorm_scale (`float`, defaults to 0.1): s of ContraNorm.
+        contranorm_tau (`float`, defaults to 1.0): τ of ContraNorm.
+        dgn_groups (`int`, defaults to 10): G of differentiable group normalisation.
+        dgn_lambda (`float`, defaults to 0.01): λ of differentiable group normalisation.
+        dgn_momentum (`float`, defaults to 0.1): momentum of DGN's running statistics (PyG's default).
+        fusion (`str`, defaults to `"none"`): one of `available_fusions()`, applied to the layer outputs before
+            the head.
+    """
+
+    correction: str | list[str] = "centered"
+    correction_layers: list[int] | None = None
+    centered_scale: float | int = 1.0
+    neutreno_lambda: float | int = 0.6
+    contranorm_scale: float | int = 0.1
+    contranorm_tau: float | int = 1.0
+    dgn_groups: int = 10
+    dgn_lambda: float | int = 0.01
+    dgn_momentum: float | int = 0.1
+    fusion: str = "none"
+
+    # hidden_states[-1] stays the raw last layer when a fusion replaces last_hidden_state.
+    tie_last_hidden_states = False
+    stock_model_type: ClassVar[str]
+
+    def __post_init__(self, **kwargs):
+        kwargs.pop("model_type", None)  # a stock config's model_type must not survive on the instance
+        self.validate_corrections()  # before the parent's validation, which would wrap the ValueError
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == cls.stock_model_type:
+            logger.info(f"Converting a stock `{cls.stock_model_type}` configuration into `{cls.model_type}`.")
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
+
+    def validate_corrections(self) -> None:
+        """Checks every correction field; strict dataclasses call every `validate_*` method at construction."""
+        names = [self.correction] if isinstance(self.correction, str) else list(self.correction)
+        unknown = [name for name in names if name not in available_corrections()]
+        if unknown or not names:
+            raise ValueError(
+                f"correction={self.correction!r} is not valid: allowed values are {_allowed(available_corrections())} "
+                "or a non-empty list of them."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"correction={self.correction!r} lists a correction twice.")
+        if NO_CORRECTION in names and len(names) > 1:
+            raise ValueError(f"correction={self.correction!r} combines {NO_CORRECTION!r} with other corrections.")
+        if self.correction_layers is not None:
+            layers = list(self.correction_layers)
+            bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int)]
+            bad += [i for i in layers if i not in bad and not 0 <= i < self.num_hidden_layers]
+            if bad:
+                raise ValueError(
+                    f"correction_layers={self.correction_layers!r} is not valid: allowed values are layer indices "
+                    f"0..{self.num_hidden_layers - 1} (num_hidden_layers={self.num_hidden_layers}) or None for all."
+                )
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"correction_layers={self.correction_layers!r} lists a layer twice.")
+        for field in ("centered_scale", "neutreno_lambda", "contranorm_scale", "dgn_lambda"):
+            value = getattr(self, field)
+            if not value >= 0:
+                raise ValueError(f"{field}={value!r} is not valid: allowed values are numbers >= 0.")
+        if not self.contranorm_tau > 0:
+            raise ValueError(f"contranorm_tau={self.contranorm_tau!r} is not valid: allowed values are numbers > 0.")
+        if isinstance(self.dgn_groups, bool) or self.dgn_groups < 1:
+            raise ValueError(f"dgn_groups={self.dgn_groups!r} is not valid: allowed values are integers >= 1.")
+        if not 0 <= self.dgn_momentum <= 1:
+            raise ValueError(f"dgn_momentum={self.dgn_momentum!r} is not valid: allowed values are in [0, 1].")
+        if self.fusion not in available_fusions():
+            raise ValueError(f"fusion={self.fusion!r} is not valid: allowed values are {_allowed(available_fusions())}.")
+        if getattr(self, "is_decoder", False) or getattr(self, "add_cross_attention", False):
+            raise ValueError(
+                "is_decoder=True / add_cross_attention=True are not valid: the corrected models are encoders; "
+                "allowed values are False."
+            )
+
+    @property
+    def corrections(self) -> list[str]:
+        """The active correction names, in a canonical order (`[]` for `"none"`)."""
+        names = {self.correction} if isinstance(self.correction, str) else set(self.correction)
+        return [name for name in CORRECTIONS if name in names]
+
+    def is_corrected_layer(self, layer_idx: int) -> bool:
+        return self.correction_layers is None or layer_idx in self.correction_layers
+
+    @property
+    def has_fusion(self) -> bool:
+        return self.fusion != NO_FUSION
+
+
+@strict
+class CenteredBertConfig(CorrectionConfigMixin, BertConfig):
+    r"""[`BertConfig`] plus the anti-over-smoothing fields of [`CorrectionConfigMixin`].
+
+    A plain BERT `config.json` (`model_type: "bert"`) loads into this class and becomes `centered_bert`.
+
+    Example:
+
+    ```python
+    >>> from hf_centered import CenteredBertConfig
+    >>> config = CenteredBertConfig(correction=["centered", "contranorm"], contranorm_scale=0.05, fusion="gate")
+    ```
+    """
+
+    model_type = "centered_bert"
+    stock_model_type = "bert"
+
+
+@strict
+class CenteredViTConfig(CorrectionConfigMixin, ViTConfig):
+    r"""[`ViTConfig`] plus the anti-over-smoothing fields of [`CorrectionConfigMixin`].
+
+    A plain ViT `config.json` (`model_type: "vit"`) loads into this class and becomes `centered_vit`.
+
+    Example:
+
+    ```python
+    >>> from hf_centered import CenteredViTConfig
+    >>> config = CenteredViTConfig(correction="neutreno", neutreno_lambda=0.6, correction_layers=[4, 5, 6])
+    ```
+    """
+
+    model_type = "centered_vit"
+    stock_model_type = "vit"

@@ -1,0 +1,60 @@
+"""What every correction shares: the per-forward state, the base class with its three insertion sites, masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+ATTENTION_SITE = "attention"
+"""Per head, on the attention backend's output `(B, n, H, d_h)` before the heads are merged (BERT B1, ViT V2)."""
+BEFORE_NORM_SITE = "before_norm"
+"""On the tokens `(B, n, d)` that enter a LayerNorm (BERT B2: the post-attention LN; ViT V1, V4, V5: every norm)."""
+LAYER_OUTPUT_SITE = "layer_output"
+"""On the output `(B, n, d)` of a whole encoder layer, which is also what `hidden_states` records."""
+
+
+@dataclass(frozen=True)
+class CorrectionState:
+    """What a correction may read besides its input; built once per forward and never written to.
+
+    Being immutable, it is safe under gradient checkpointing: a recomputed layer sees exactly what it saw first.
+
+    Args:
+        padding_mask: `(B, n)` bool, True at real tokens; `None` when no token is padding.
+        first_values: `(B, H, n, d_h)` values of layer 0's attention (NeuTRENO's V⁰); `None` when unused.
+    """
+
+    padding_mask: torch.Tensor | None = None
+    first_values: torch.Tensor | None = None
+
+
+class Correction(nn.Module):
+    """Base class of the corrections. A subclass acts at one `site` and is registered in `corrections.CORRECTIONS`.
+
+    Its `forward` takes the site's tensor and the `CorrectionState` and returns a tensor of the same shape:
+    - `ATTENTION_SITE`: `forward(context (B, n, H, d_h), value (B, H, n, d_h), state)`;
+    - `BEFORE_NORM_SITE` and `LAYER_OUTPUT_SITE`: `forward(hidden (B, n, d), state)`.
+    """
+
+    name: ClassVar[str]
+    citation: ClassVar[str]
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
+    """The config fields this correction reads (for model cards and docs)."""
+    site: ClassVar[str]
+    needs_first_values: ClassVar[bool] = False
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    @classmethod
+    def acts_in_layer(cls, config, layer_idx: int) -> bool:
+        """Whether an instance is built for this layer (beyond `config.correction_layers`)."""
+        return True
+
+    def reset_parameters(self) -> None:
+        """Initialises new parameters with `transformers.initialization` (which skips loaded tensors)."""
+

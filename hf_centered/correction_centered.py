@@ -1,0 +1,55 @@
+r"""Centered self-attention.
+
+Ali, Galanti & Wolf, "Centered Self-Attention Layers", arXiv 2306.01610 (2023). Repeated averaging by row-stochastic
+attention drives every token towards the same vector (the consensus direction 1). Subtracting the uniform attention
+over the real keys makes each row of the operator sum to 0, so that direction is removed in every layer:
+
+.. math::
+    \tilde A = A - \gamma C,\qquad C_{ij} = \frac{m_j}{n_r},\qquad
+    \tilde A V = \mathrm{softmax}\!\Big(\frac{QK^\top}{\sqrt{d_h}} + M\Big) V - \gamma\,\mathbf 1\,\bar v^\top,\qquad
+    \bar v = \frac{1}{n_r}\sum_j m_j v_j
+
+per head, where :math:`m` is the padding mask and :math:`n_r` the number of real tokens (ViT: all tokens, [CLS]
+included). Only :math:`AV` is needed, so the correction runs on top of whatever backend computed it (eager, SDPA,
+flash) and costs O(n·d) per layer; the attention matrix is never materialised.
+
+Arguments ↔ symbols: `config.centered_scale` = γ (1.0 = the paper's centering; 0 = stock attention).
+The correction is applied after attention dropout. `output_attentions` returns the backend's softmax weights A,
+not Ã (which has negative entries).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .correction_base import ATTENTION_SITE, Correction, CorrectionState
+
+CITATION = """@article{ali2023centered,
+  title   = {Centered Self-Attention Layers},
+  author  = {Ali, Ameen and Galanti, Tomer and Wolf, Lior},
+  journal = {arXiv preprint arXiv:2306.01610},
+  year    = {2023}
+}"""
+
+
+class CenteredAttention(Correction):
+    name = "centered"
+    citation = CITATION
+    hyperparameters = ("centered_scale",)
+    site = ATTENTION_SITE
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.scale = float(config.centered_scale)
+
+    def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        if state.padding_mask is None:
+            value_mean = value.mean(dim=2, keepdim=True)
+        else:
+            weights = state.padding_mask.to(value.dtype)
+            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
+            value_mean = weights[:, None, None, :] @ value
+        return context - self.scale * value_mean.transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.scale}"

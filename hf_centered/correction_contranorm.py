@@ -1,0 +1,60 @@
+r"""ContraNorm: one step of a contrastive uniformity loss that pushes tokens apart before a LayerNorm.
+
+Guo, Wang, Du & Wang, "ContraNorm: A Contrastive Learning Perspective on Oversmoothing and Beyond", ICLR 2023,
+arXiv 2303.06562; reference code `PKU-ML/ContraNorm`. Per sequence, with :math:`\hat X` the row-normalised tokens:
+
+.. math::
+    S = \mathrm{softmax}_\text{row}\!\big(\hat X \hat X^\top / \tau + M\big),\qquad
+    \mathrm{CN}(X) = X - s\,S X
+
+followed by the block's own LayerNorm. :math:`M` masks padded keys (the reference BERT code does not; padded tokens
+would then act as negatives and break padding invariance). This is the ViT reference form; the BERT reference code's
+:math:`(1+s)X - s_\text{ref}SX` equals it under the following LayerNorm with :math:`s = s_\text{ref}/(1+s_\text{ref})`.
+
+Insertion (reference code): BERT, on the attention residual sum just before the post-attention LayerNorm (the
+paper's default ``--pos 7``); ViT, in front of each block's two norms and, when the last layer is corrected, of the
+final norm, keeping the pretrained norms' weights. :math:`SX` is computed with fused
+`scaled_dot_product_attention` as one head of width d, so no n×n tensor is kept for backward.
+
+Arguments ↔ symbols: `config.contranorm_scale` = s (0 = identity), `config.contranorm_tau` = τ (> 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .correction_base import BEFORE_NORM_SITE, Correction, CorrectionState
+
+CITATION = """@inproceedings{guo2023contranorm,
+  title     = {ContraNorm: A Contrastive Learning Perspective on Oversmoothing and Beyond},
+  author    = {Guo, Xiaojun and Wang, Yifei and Du, Tianqi and Wang, Yisen},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2023}
+}"""
+
+
+class ContraNorm(Correction):
+    name = "contranorm"
+    citation = CITATION
+    hyperparameters = ("contranorm_scale", "contranorm_tau")
+    site = BEFORE_NORM_SITE
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.scale = float(config.contranorm_scale)
+        self.tau = float(config.contranorm_tau)
+
+    def forward(self, hidden: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        tokens = hidden.unsqueeze(1)  # one head of width d: (B, 1, n, d)
+        directions = F.normalize(tokens, dim=-1)
+        key_mask = None
+        if state.padding_mask is not None:
+            # A row without real tokens would softmax over nothing; let it attend everywhere (its output is unused).
+            mask = state.padding_mask | ~state.padding_mask.any(dim=-1, keepdim=True)
+            key_mask = mask[:, None, None, :]
+        similar_mean = F.scaled_dot_product_attention(directions, directions, tokens, attn_mask=key_mask, scale=1 / self.tau)
+        return hidden - self.scale * similar_mean.squeeze(1)
+
+    def extra_repr(self) -> str:
+        return f"s={self.scale}, tau={self.tau}"

@@ -1,0 +1,163 @@
+"""Hub-ready folders: safetensors weights, the modelling code with a complete `auto_map`, processor and model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from .auto import CONFIG_CLASSES, auto_class_name, full_auto_map
+from .corrections import CORRECTIONS
+from .fusion import FUSIONS
+
+CARD_FIELDS = {
+    "model_name": "title of the card (default: the folder name)",
+    "model_id": "Hub repository id shown in the loading snippet (default: the folder name)",
+    "model_description": "a paragraph under the title",
+    "base_model": "checkpoint the model was converted from (default: config._name_or_path)",
+    "license": "SPDX licence id (default: apache-2.0)",
+    "language": "language code(s)",
+    "dataset": "name of the evaluation/training dataset",
+    "metrics": "dict of evaluation metrics, name -> value",
+    "training_hyperparameters": "dict of training hyper-parameters, name -> value",
+    "tags": "extra tags",
+}
+PIPELINE_TAGS = {
+    "AutoModel": "feature-extraction",
+    "AutoModelForSequenceClassification": "text-classification",
+    "AutoModelForTokenClassification": "token-classification",
+    "AutoModelForMaskedLM": "fill-mask",
+    "AutoModelForImageClassification": "image-classification",
+}
+
+
+def card_template_path() -> Path:
+    """`model_cards/template.md`: inside the installed wheel, or at the top of a source checkout."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "model_cards" / "template.md", package_dir.parent / "model_cards" / "template.md"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"The model card template model_cards/template.md was not found next to {package_dir}.")
+
+
+def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, **card_fields: Any) -> Path:
+    """Writes a folder that `AutoModel*.from_pretrained(out_dir, trust_remote_code=True)` loads without hf_centered.
+
+    Args:
+        model: a `CenteredBert*` or `CenteredViT*` model.
+        out_dir: destination folder; it must be empty or absent unless `overwrite=True`.
+        processor: optional tokenizer / image processor / processor, saved alongside.
+        overwrite: allow writing into a non-empty folder (files of the same names are replaced).
+        **card_fields: model card fields, see `CARD_FIELDS`.
+
+    Returns:
+        The folder, holding `config.json` (with a complete `auto_map`), `model.safetensors`, the modelling `.py`
+        files, the processor's files and `README.md`.
+    """
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in CONFIG_CLASSES:
+        raise ValueError(
+            f"export_for_hub expects an hf_centered model (model_type in {sorted(CONFIG_CLASSES)}), got "
+            f"{type(model).__name__} with model_type={model_type!r}; load the checkpoint into a CenteredBert*/"
+            "CenteredViT* class first (e.g. CenteredBertForSequenceClassification.from_pretrained(path))."
+        )
+    unknown = sorted(set(card_fields) - set(CARD_FIELDS))
+    if unknown:
+        raise ValueError(f"Unknown model card field(s) {unknown}; allowed fields are {sorted(CARD_FIELDS)}.")
+    out_dir = Path(out_dir)
+    if out_dir.is_file():
+        raise FileExistsError(f"{out_dir} is a file, not a folder.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} is not empty; choose another folder or pass overwrite=True.")
+
+    model.config.auto_map = full_auto_map(model_type)
+    model.save_pretrained(out_dir)
+    if processor is not None:
+        processor.save_pretrained(out_dir)
+    build_model_card(model, out_dir, **card_fields).save(out_dir / "README.md")
+    return out_dir
+
+
+def _correction_rows(config) -> list[dict[str, str]]:
+    rows = []
+    for name in config.corrections:
+        correction = CORRECTIONS[name]
+        hyperparameters = ", ".join(f"`{field}={getattr(config, field)}`" for field in correction.hyperparameters)
+        paper = correction.citation.split("title", 1)[1].split("{", 1)[1].split("}", 1)[0]
+        rows.append({"name": name, "hyperparameters": hyperparameters or "-", "paper": paper})
+    return rows
+
+
+def build_model_card(model, out_dir: Path, **card_fields: Any) -> ModelCard:
+    """The model card of an exported folder, rendered from `model_cards/template.md`."""
+    config = model.config
+    auto_class = auto_class_name(model)
+    pipeline_tag = PIPELINE_TAGS[auto_class]
+    model_name = card_fields.get("model_name") or out_dir.name
+    base_model = card_fields.get("base_model") or getattr(config, "_name_or_path", "") or None
+    if base_model is not None and Path(base_model).exists():
+        base_model = None  # a local path means nothing on the Hub
+    metrics = card_fields.get("metrics") or {}
+    dataset = card_fields.get("dataset")
+    tags = ["hf_centered", "custom_code", *(f"{name}-correction" for name in config.corrections)]
+    if config.has_fusion:
+        tags.append(f"{config.fusion}-fusion")
+    tags += list(card_fields.get("tags") or [])
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        license=card_fields.get("license", "apache-2.0"),
+        language=card_fields.get("language"),
+        datasets=[dataset] if dataset else None,
+        metrics=sorted(metrics) or None,
+        tags=tags,
+        eval_results=[
+            EvalResult(
+                task_type=pipeline_tag,
+                dataset_type=dataset or "custom",
+                dataset_name=dataset or "custom",
+                metric_type=name,
+                metric_value=float(value),
+            )
+            for name, value in metrics.items()
+        ]
+        or None,
+    )
+    citations = [CORRECTIONS[name].citation for name in config.corrections]
+    if config.has_fusion:
+        citations.append(FUSIONS[config.fusion].citation)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(card_template_path()),
+        model_name=model_name,
+        model_id=card_fields.get("model_id") or out_dir.name,
+        model_description=card_fields.get("model_description") or "",
+        model_class=type(model).__name__,
+        architecture=f"{config.num_hidden_layers} layers, hidden size {config.hidden_size}",
+        base_model=base_model,
+        auto_class=auto_class,
+        corrections=_correction_rows(config),
+        correction_layers="all" if config.correction_layers is None else json.dumps(config.correction_layers),
+        fusion=config.fusion if config.has_fusion else None,
+        metrics={name: f"{float(value):.4f}" for name, value in metrics.items()},
+        dataset=dataset,
+        training_hyperparameters=card_fields.get("training_hyperparameters"),
+        profile_table=None,
+        profile_image=None,
+        citations="\n\n".join(citations) or "(stock architecture: cite the base model)",
+    )
+
+
+def push_to_hub(folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                commit_message: str = "Upload hf_centered model") -> str:
+    """Uploads an exported folder to the Hub (creating the repository) and returns the commit URL."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; export the model with export_for_hub first.")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)

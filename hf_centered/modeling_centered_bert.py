@@ -1,0 +1,206 @@
+"""BERT with anti-over-smoothing corrections: the stock classes with the corrections' sites added.
+
+Stock weight names are unchanged, so any BERT checkpoint loads; only the corrections' and fusion's parameters are new.
+The seams: the self-attention (per-head corrections on the backend's output), the post-attention output (corrections
+before its LayerNorm), the layer (corrections on its output), and the encoder loop (padding mask, NeuTRENO's V⁰, fusion).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    BertPreTrainedModel,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+from transformers.models.bert.modeling_bert import (
+    BertAttention,
+    BertEncoder,
+    BertLayer,
+    BertSelfAttention,
+    BertSelfOutput,
+    eager_attention_forward,
+)
+
+from .configuration_centered import CenteredBertConfig
+from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
+from .corrections import build_corrections, needs_first_values
+from .fusion import LayerFusion, build_fusion
+from .modeling_common import apply_corrections, corrected_attention, padding_mask_from_attention_mask
+
+
+class CenteredBertSelfAttention(BertSelfAttention):
+    def __init__(self, config: CenteredBertConfig, layer_idx: int):
+        super().__init__(config, layer_idx=layer_idx)
+        self.corrections = build_corrections(config, layer_idx, ATTENTION_SITE)
+
+    def project_values(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Per-head values `(B, H, n, d_h)`."""
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
+        return self.value(hidden_states).view(hidden_shape).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        correction_state: CorrectionState | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        state = correction_state or CorrectionState()
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.attention_head_size)
+        query = self.query(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.key(hidden_states).view(hidden_shape).transpose(1, 2)
+        # The encoder computed layer 0's values for NeuTRENO already; reuse them instead of projecting twice.
+        if self.layer_idx == 0 and state.first_values is not None:
+            value = state.first_values
+        else:
+            value = self.project_values(hidden_states)
+        context, weights = corrected_attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            state,
+            eager_attention_forward,
+            dropout=self.dropout.p if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return context.reshape(*input_shape, -1).contiguous(), weights
+
+
+class CenteredBertSelfOutput(BertSelfOutput):
+    """`LayerNorm(corrections(dropout(dense(context)) + residual))`: ContraNorm's position 7 in the reference code."""
+
+    def __init__(self, config: CenteredBertConfig, layer_idx: int):
+        super().__init__(config)
+        self.corrections = build_corrections(config, layer_idx, BEFORE_NORM_SITE)
+
+    def forward(
+        self, hidden_states: torch.Tensor, input_tensor: torch.Tensor, correction_state: CorrectionState | None = None
+    ) -> torch.Tensor:
+        hidden_states = self.dropout(self.dense(hidden_states)) + input_tensor
+        hidden_states = apply_corrections(self.corrections, hidden_states, correction_state or CorrectionState())
+        return self.LayerNorm(hidden_states)
+
+
+class CenteredBertAttention(BertAttention):
+    def __init__(self, config: CenteredBertConfig, layer_idx: int):
+        super().__init__(config, layer_idx=layer_idx)
+        self.self = CenteredBertSelfAttention(config, layer_idx=layer_idx)
+        self.output = CenteredBertSelfOutput(config, layer_idx)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        correction_state: CorrectionState | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        context, weights = self.self(
+            hidden_states, attention_mask=attention_mask, correction_state=correction_state, **kwargs
+        )
+        return self.output(context, hidden_states, correction_state), weights
+
+
+class CenteredBertLayer(BertLayer):
+    def __init__(self, config: CenteredBertConfig, layer_idx: int):
+        super().__init__(config, layer_idx=layer_idx)
+        self.attention = CenteredBertAttention(config, layer_idx)
+        self.corrections = build_corrections(config, layer_idx, LAYER_OUTPUT_SITE)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        first_values: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        # `first_values` comes positionally so that reentrant gradient checkpointing propagates its gradient.
+        state = CorrectionState(padding_mask=padding_mask, first_values=first_values)
+        layer_output = super().forward(hidden_states, attention_mask, correction_state=state, **kwargs)
+        return apply_corrections(self.corrections, layer_output, state)
+
+
+class CenteredBertEncoder(BertEncoder):
+    def __init__(self, config: CenteredBertConfig):
+        super().__init__(config)
+        self.layer = nn.ModuleList([CenteredBertLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.fusion = build_fusion(config)
+        self.needs_first_values = needs_first_values(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
+        first_values = self.layer[0].attention.self.project_values(hidden_states) if self.needs_first_values else None
+        layer_outputs = []
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, attention_mask, first_values, padding_mask=padding_mask, **kwargs)
+            layer_outputs.append(hidden_states)
+        if self.fusion is not None:
+            hidden_states = self.fusion(layer_outputs)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
+
+
+class CenteredBertPreTrainedModel(BertPreTrainedModel):
+    config_class = CenteredBertConfig
+    # Trainer must not rescale the loss: the heads' cross-entropy is a plain mean (see huggingface.md §4).
+    accepts_loss_kwargs = False
+    _no_split_modules = ["BertEmbeddings", "CenteredBertLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, (Correction, LayerFusion)):
+            module.reset_parameters()
+
+
+class CenteredBertModel(CenteredBertPreTrainedModel, BertModel):
+    def __init__(self, config: CenteredBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+        config.validate_corrections()
+        self.encoder = CenteredBertEncoder(config)
+        self.post_init()
+
+
+class CenteredBertForSequenceClassification(CenteredBertPreTrainedModel, BertForSequenceClassification):
+    def __init__(self, config: CenteredBertConfig):
+        super().__init__(config)
+        self.bert = CenteredBertModel(config)
+        self.post_init()
+
+
+class CenteredBertForMaskedLM(CenteredBertPreTrainedModel, BertForMaskedLM):
+    def __init__(self, config: CenteredBertConfig):
+        super().__init__(config)
+        self.bert = CenteredBertModel(config, add_pooling_layer=False)
+        self.post_init()
+
+
+class CenteredBertForTokenClassification(CenteredBertPreTrainedModel, BertForTokenClassification):
+    def __init__(self, config: CenteredBertConfig):
+        super().__init__(config)
+        self.bert = CenteredBertModel(config, add_pooling_layer=False)
+        self.post_init()
+
+
+__all__ = [
+    "CenteredBertForMaskedLM",
+    "CenteredBertForSequenceClassification",
+    "CenteredBertForTokenClassification",
+    "CenteredBertModel",
+    "CenteredBertPreTrainedModel",
+]

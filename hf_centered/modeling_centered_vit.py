@@ -1,0 +1,182 @@
+"""ViT with anti-over-smoothing corrections: the stock classes with the corrections' sites added.
+
+Stock weight names are unchanged and checkpoints are read and written in the legacy layout
+(`encoder.layer.N.attention.attention.query`), so `google/vit-*`-style checkpoints load. The seams: the attention
+(per-head corrections on the backend's output), the layer (corrections before both norms and on its output), and
+the model loop (padding mask, NeuTRENO's V⁰, corrected final norm, fusion).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import ViTForImageClassification, ViTModel, ViTPreTrainedModel
+from transformers.conversion_mapping import (
+    get_checkpoint_conversion_mapping,
+    register_checkpoint_conversion_mapping,
+)
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer, eager_attention_forward
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_centered import CenteredViTConfig
+from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
+from .corrections import build_corrections, needs_first_values
+from .fusion import LayerFusion, build_fusion
+from .modeling_common import apply_corrections, corrected_attention, padding_mask_from_attention_mask
+
+# Custom-code classes skip transformers' built-in renaming of legacy ViT checkpoints; register it for our
+# model_type here, in the modeling file, so that remote code (trust_remote_code) registers it too.
+register_checkpoint_conversion_mapping(
+    CenteredViTConfig.model_type, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True
+)
+
+
+class CenteredViTAttention(ViTAttention):
+    def __init__(self, config: CenteredViTConfig, layer_idx: int):
+        super().__init__(config)
+        self.layer_idx = layer_idx
+        self.corrections = build_corrections(config, layer_idx, ATTENTION_SITE)
+
+    def project_values(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Per-head values `(B, H, n, d_h)`."""
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        return self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        correction_state: CorrectionState | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        state = correction_state or CorrectionState()
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        # The model computed layer 0's values for NeuTRENO already; reuse them instead of projecting twice.
+        if self.layer_idx == 0 and state.first_values is not None:
+            value = state.first_values
+        else:
+            value = self.project_values(hidden_states)
+        context, weights = corrected_attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            state,
+            eager_attention_forward,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        return self.o_proj(context.reshape(*input_shape, -1).contiguous()), weights
+
+
+class CenteredViTLayer(ViTLayer):
+    """Pre-LN block: `X + Drop(Attn(LN₁(c(X))))`, then `Y + Drop(MLP(LN₂(c(Y))))`, then the output corrections."""
+
+    def __init__(self, config: CenteredViTConfig, layer_idx: int):
+        super().__init__(config)
+        self.attention = CenteredViTAttention(config, layer_idx)
+        self.norm_corrections = build_corrections(config, layer_idx, BEFORE_NORM_SITE)
+        self.output_corrections = build_corrections(config, layer_idx, LAYER_OUTPUT_SITE)
+
+    def attention_input(self, hidden_states: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        return self.layernorm_before(apply_corrections(self.norm_corrections, hidden_states, state))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        first_values: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        # `first_values` comes positionally so that reentrant gradient checkpointing propagates its gradient.
+        state = CorrectionState(padding_mask=padding_mask, first_values=first_values)
+        attention_output, _ = self.attention(
+            self.attention_input(hidden_states, state), attention_mask, correction_state=state, **kwargs
+        )
+        hidden_states = self.dropout(attention_output) + hidden_states
+        mlp_input = self.layernorm_after(apply_corrections(self.norm_corrections, hidden_states, state))
+        hidden_states = self.dropout(self.mlp(mlp_input)) + hidden_states
+        return apply_corrections(self.output_corrections, hidden_states, state)
+
+
+class CenteredViTPreTrainedModel(ViTPreTrainedModel):
+    config_class = CenteredViTConfig
+    # Trainer must not rescale the loss: the head's cross-entropy is a plain mean (see huggingface.md §4).
+    accepts_loss_kwargs = False
+    _no_split_modules = ["ViTEmbeddings", "CenteredViTLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, (Correction, LayerFusion)):
+            module.reset_parameters()
+
+
+class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
+    def __init__(self, config: CenteredViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        super().__init__(config, add_pooling_layer=add_pooling_layer, use_mask_token=use_mask_token)
+        config.validate_corrections()
+        self.layers = nn.ModuleList([CenteredViTLayer(config, i) for i in range(config.num_hidden_layers)])
+        # ContraNorm also acts before the final norm when the last layer is corrected.
+        self.final_norm_corrections = build_corrections(config, config.num_hidden_layers - 1, BEFORE_NORM_SITE)
+        self.fusion = build_fusion(config)
+        self.needs_first_values = needs_first_values(config)
+        self.post_init()
+
+    def final_norm(self, hidden_states: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        return self.layernorm(apply_corrections(self.final_norm_corrections, hidden_states, state))
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        if pixel_values.dtype != expected_dtype:
+            pixel_values = pixel_values.to(expected_dtype)
+        hidden_states = self.embeddings(
+            pixel_values, bool_masked_pos=bool_masked_pos, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        attention_mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+        )
+        padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
+        state = CorrectionState(padding_mask=padding_mask)
+        first_values = None
+        if self.needs_first_values:
+            first_layer = self.layers[0]
+            first_values = first_layer.attention.project_values(first_layer.attention_input(hidden_states, state))
+        layer_outputs = []
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask, first_values, padding_mask=padding_mask, **kwargs)
+            layer_outputs.append(hidden_states)
+        if self.fusion is None:
+            sequence_output = self.final_norm(hidden_states, state)
+        else:
+            sequence_output = self.fusion([self.final_norm(output, state) for output in layer_outputs])
+        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
+
+
+class CenteredViTForImageClassification(CenteredViTPreTrainedModel, ViTForImageClassification):
+    def __init__(self, config: CenteredViTConfig):
+        super().__init__(config)
+        self.vit = CenteredViTModel(config, add_pooling_layer=False)
+        self.post_init()
+
+
+__all__ = ["CenteredViTForImageClassification", "CenteredViTModel", "CenteredViTPreTrainedModel"]

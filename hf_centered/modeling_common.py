@@ -1,0 +1,65 @@
+"""Glue shared by the corrected BERT and ViT: backend dispatch with corrections, padding masks, correction loops."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .correction_base import CorrectionState
+
+
+def apply_corrections(corrections: nn.ModuleDict, tensor: torch.Tensor, *inputs) -> torch.Tensor:
+    """Applies each correction of a site in turn: `tensor = correction(tensor, *inputs)`."""
+    for correction in corrections.values():
+        tensor = correction(tensor, *inputs)
+    return tensor
+
+
+def corrected_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    state: CorrectionState,
+    eager_attention_forward: Callable,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Runs the backend that `config._attn_implementation` names, then the module's attention-site corrections.
+
+    `query/key/value` are `(B, H, n, d_h)`; returns the context `(B, n, H, d_h)` and the backend's weights (None for
+    fused backends). The corrections only need the context and V, so SDPA and flash keep working.
+    """
+    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        module.config._attn_implementation, eager_attention_forward
+    )
+    context, weights = attention_interface(module, query, key, value, attention_mask, **kwargs)
+    return apply_corrections(module.corrections, context, value, state), weights
+
+
+def padding_mask_from_attention_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
+    """`(B, n)` bool real-token mask from the mask the attention backend was given, or None (no padding).
+
+    Handles the 2-D mask of flash attention, the boolean 4-D mask of SDPA and the additive 4-D mask of eager; a key
+    is real when some query may attend to it, which for an encoder's padding mask is exactly its mask value.
+    """
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(
+            f"The corrections need a padding mask, got an attention mask of type {type(attention_mask).__name__} "
+            "(flex attention's BlockMask is not supported); allowed attention implementations are 'eager', 'sdpa' "
+            "and 'flash_attention_*'."
+        )
+    if attention_mask.dim() == 2:
+        return attention_mask.bool()
+    if attention_mask.dim() != 4:
+        raise ValueError(f"Expected a 2-D or 4-D attention mask, got shape {tuple(attention_mask.shape)}.")
+    if attention_mask.dtype == torch.bool:
+        allowed = attention_mask
+    else:
+        allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    return allowed.any(dim=(1, 2)).expand(batch_size, seq_len)
