@@ -15,6 +15,10 @@ from .fusion import NO_FUSION, available_fusions
 logger = logging.get_logger(__name__)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _allowed(names) -> str:
     return ", ".join(repr(name) for name in names)
 
@@ -94,16 +98,18 @@ class CorrectionConfigMixin:
                 raise ValueError(f"correction_layers={self.correction_layers!r} lists a layer twice.")
         for field in ("centered_scale", "neutreno_lambda", "contranorm_scale", "dgn_lambda"):
             value = getattr(self, field)
-            if not value >= 0:
+            if not _is_number(value) or not value >= 0:
                 raise ValueError(f"{field}={value!r} is not valid: allowed values are numbers >= 0.")
-        if not self.contranorm_tau > 0:
+        if not _is_number(self.contranorm_tau) or not self.contranorm_tau > 0:
             raise ValueError(f"contranorm_tau={self.contranorm_tau!r} is not valid: allowed values are numbers > 0.")
-        if isinstance(self.dgn_groups, bool) or self.dgn_groups < 1:
+        if not isinstance(self.dgn_groups, int) or isinstance(self.dgn_groups, bool) or self.dgn_groups < 1:
             raise ValueError(f"dgn_groups={self.dgn_groups!r} is not valid: allowed values are integers >= 1.")
-        if not 0 <= self.dgn_momentum <= 1:
+        if not _is_number(self.dgn_momentum) or not 0 <= self.dgn_momentum <= 1:
             raise ValueError(f"dgn_momentum={self.dgn_momentum!r} is not valid: allowed values are in [0, 1].")
         if self.fusion not in available_fusions():
-            raise ValueError(f"fusion={self.fusion!r} is not valid: allowed values are {_allowed(available_fusions())}.")
+            raise ValueError(
+                f"fusion={self.fusion!r} is not valid: allowed values are {_allowed(available_fusions())}."
+            )
         if getattr(self, "is_decoder", False) or getattr(self, "add_cross_attention", False):
             raise ValueError(
                 "is_decoder=True / add_cross_attention=True are not valid: the corrected models are encoders; "

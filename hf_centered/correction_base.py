@@ -41,6 +41,8 @@ class Correction(nn.Module):
 
     name: ClassVar[str]
     citation: ClassVar[str]
+    strength_field: ClassVar[str]
+    """The config field whose value 0 turns the correction into the identity."""
     hyperparameters: ClassVar[tuple[str, ...]] = ()
     """The config fields this correction reads (for model cards and docs)."""
     site: ClassVar[str]
@@ -57,4 +59,3 @@ class Correction(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialises new parameters with `transformers.initialization` (which skips loaded tensors)."""
-

@@ -35,6 +35,7 @@ CITATION = """@article{ali2023centered,
 class CenteredAttention(Correction):
     name = "centered"
     citation = CITATION
+    strength_field = "centered_scale"
     hyperparameters = ("centered_scale",)
     site = ATTENTION_SITE
 

@@ -37,6 +37,7 @@ CITATION = """@inproceedings{guo2023contranorm,
 class ContraNorm(Correction):
     name = "contranorm"
     citation = CITATION
+    strength_field = "contranorm_scale"
     hyperparameters = ("contranorm_scale", "contranorm_tau")
     site = BEFORE_NORM_SITE
 
@@ -53,7 +54,9 @@ class ContraNorm(Correction):
             # A row without real tokens would softmax over nothing; let it attend everywhere (its output is unused).
             mask = state.padding_mask | ~state.padding_mask.any(dim=-1, keepdim=True)
             key_mask = mask[:, None, None, :]
-        similar_mean = F.scaled_dot_product_attention(directions, directions, tokens, attn_mask=key_mask, scale=1 / self.tau)
+        similar_mean = F.scaled_dot_product_attention(
+            directions, directions, tokens, attn_mask=key_mask, scale=1 / self.tau
+        )
         return hidden - self.scale * similar_mean.squeeze(1)
 
     def extra_repr(self) -> str:

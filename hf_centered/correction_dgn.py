@@ -10,7 +10,7 @@ Tokens are softly assigned to G groups and each group is batch-normalised on its
 
 where :math:`\mathrm{BN}_g` normalises every feature over the N real tokens of the batch (padding excluded) with
 its own affine :math:`\gamma_g, \beta_g`, and uses running statistics in eval mode. Since
-:math:`\mathrm{BN}_g(S_{:,g}\odot H)_{ic} = S_{ig}H_{ic}\,\gamma_{gc}/\sigma_{gc} + \beta_{gc} - \mu_{gc}\gamma_{gc}/\sigma_{gc}`,
+:math:`\mathrm{BN}_g(S_{:,g}\odot H)_{ic} = S_{ig}H_{ic}\,\Gamma_{gc} + \beta_{gc} - \mu_{gc}\Gamma_{gc}`,
 the sum over groups is :math:`H \odot (S\,\Gamma) + \mathbf 1\,c^\top` with :math:`\Gamma_{gc}=\gamma_{gc}/\sigma_{gc}`;
 the statistics are :math:`\mu = S^\top H / N` and :math:`E[x^2] = (S\odot S)^\top (H\odot H)/N`. So the N×G×d tensor
 of the reference code is never built: the cost is O(N·d·G) in matmuls and the memory O(N·d).
@@ -53,6 +53,7 @@ CITATION = """@inproceedings{zhou2020dgn,
 class DifferentiableGroupNorm(Correction):
     name = "dgn"
     citation = CITATION
+    strength_field = "dgn_lambda"
     hyperparameters = ("dgn_groups", "dgn_lambda", "dgn_momentum")
     site = LAYER_OUTPUT_SITE
     eps = 1e-5

@@ -35,6 +35,7 @@ CITATION = """@inproceedings{nguyen2023neutreno,
 class NeuTRENO(Correction):
     name = "neutreno"
     citation = CITATION
+    strength_field = "neutreno_lambda"
     hyperparameters = ("neutreno_lambda",)
     site = ATTENTION_SITE
     needs_first_values = True

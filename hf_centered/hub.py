@@ -152,8 +152,14 @@ def build_model_card(model, out_dir: Path, **card_fields: Any) -> ModelCard:
     )
 
 
-def push_to_hub(folder, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                commit_message: str = "Upload hf_centered model") -> str:
+def push_to_hub(
+    folder,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload hf_centered model",
+) -> str:
     """Uploads an exported folder to the Hub (creating the repository) and returns the commit URL."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():

@@ -1,8 +1,9 @@
 """BERT with anti-over-smoothing corrections: the stock classes with the corrections' sites added.
 
-Stock weight names are unchanged, so any BERT checkpoint loads; only the corrections' and fusion's parameters are new.
-The seams: the self-attention (per-head corrections on the backend's output), the post-attention output (corrections
-before its LayerNorm), the layer (corrections on its output), and the encoder loop (padding mask, NeuTRENO's V⁰, fusion).
+Stock weight names are unchanged, so any BERT checkpoint loads; only the corrections' and fusion's parameters are
+new. The seams: the self-attention (per-head corrections on the backend's output), the post-attention output
+(corrections before its LayerNorm), the layer (corrections on its output), and the encoder loop (padding mask,
+NeuTRENO's V⁰, fusion).
 """
 
 from __future__ import annotations

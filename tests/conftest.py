@@ -1,0 +1,78 @@
+"""Tiny odd-sized configurations, inputs and registries shared by the tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+import hf_centered
+from hf_centered import CenteredBertConfig, CenteredViTConfig
+
+CORRECTIONS = [name for name in hf_centered.available_corrections() if name != "none"]
+FUSIONS = hf_centered.available_fusions()
+ALL_CORRECTIONS = list(CORRECTIONS)
+
+BERT_SIZES = dict(
+    vocab_size=99, hidden_size=36, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+    max_position_embeddings=64, type_vocab_size=2,
+)
+VIT_SIZES = dict(
+    image_size=10, patch_size=2, num_channels=3, hidden_size=36, num_hidden_layers=3, num_attention_heads=4,
+    intermediate_size=37,
+)
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+# Strengths large enough for every correction to change the outputs visibly.
+STRONG = dict(centered_scale=0.7, neutreno_lambda=0.6, contranorm_scale=0.3, contranorm_tau=0.7, dgn_groups=3,
+              dgn_lambda=0.5)
+
+
+def bert_config(**overrides) -> CenteredBertConfig:
+    return CenteredBertConfig(**{**BERT_SIZES, **NO_DROPOUT, **STRONG, "num_labels": 3, **overrides})
+
+
+def vit_config(**overrides) -> CenteredViTConfig:
+    return CenteredViTConfig(**{**VIT_SIZES, **NO_DROPOUT, **STRONG, "num_labels": 3, **overrides})
+
+
+def bert_inputs(batch_size: int = 3, seq_len: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A padded batch: row 0 full, the others shorter (lengths 7, 4, 2, ...)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, BERT_SIZES["vocab_size"], (batch_size, seq_len), generator=generator)
+    lengths = [seq_len] + [max(2, seq_len - 3 * i) for i in range(1, batch_size)]
+    attention_mask = torch.zeros(batch_size, seq_len, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        attention_mask[row, :length] = 1
+    input_ids = input_ids * attention_mask
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def vit_inputs(batch_size: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    size = VIT_SIZES["image_size"]
+    return {"pixel_values": torch.randn(batch_size, VIT_SIZES["num_channels"], size, size, generator=generator)}
+
+
+def pad_more(inputs: dict[str, torch.Tensor], extra: int) -> dict[str, torch.Tensor]:
+    """The same batch with `extra` more padding positions (arbitrary token ids there)."""
+    batch_size = inputs["input_ids"].shape[0]
+    filler = torch.full((batch_size, extra), 7, dtype=torch.long)
+    return {
+        "input_ids": torch.cat([inputs["input_ids"], filler], dim=1),
+        "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros_like(filler)], dim=1),
+    }
+
+
+def max_real_token_diff(first: torch.Tensor, second: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    seq_len = attention_mask.shape[1]
+    real = attention_mask.bool()
+    return (first[:, :seq_len][real] - second[:, :seq_len][real]).abs().max().item()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,104 @@
+"""Each correction, alone and combined, equals the explicit materialised implementation of tests/reference.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ALL_CORRECTIONS, CORRECTIONS, FUSIONS, bert_config, bert_inputs, vit_config, vit_inputs
+from reference import bert_forward, vit_forward
+
+from hf_centered import CenteredBertModel, CenteredViTModel
+from hf_centered.corrections import CORRECTIONS as REGISTRY
+
+METHOD_SETS = [[name] for name in CORRECTIONS] + [ALL_CORRECTIONS]
+IMPLEMENTATIONS = ["eager", "sdpa"]
+
+
+def _randomise_new_parameters(model: torch.nn.Module) -> None:
+    """Moves DGN's affine/running statistics and the fusions off their initial values, so they are really tested."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if ("corrections" in name or "fusion" in name) and tensor.is_floating_point():
+                noise = 0.2 * torch.randn(tensor.shape, generator=generator)
+                tensor.copy_(tensor.abs() + noise.abs() if "running_var" in name else tensor + noise)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_bert_matches_explicit_formula(methods, implementation, training):
+    config = bert_config(correction=methods, correction_layers=[1, 2], attn_implementation=implementation)
+    model = CenteredBertModel(config)
+    _randomise_new_parameters(model)
+    model.train(training)
+    inputs = bert_inputs()
+    with torch.no_grad():
+        expected = bert_forward(model, inputs["input_ids"], inputs["attention_mask"])
+        actual = model(**inputs).last_hidden_state
+    real = inputs["attention_mask"].bool()
+    assert (actual[real] - expected[real]).abs().max() < 2e-5
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_vit_matches_explicit_formula(methods, implementation, training):
+    config = vit_config(correction=methods, attn_implementation=implementation)
+    model = CenteredViTModel(config, add_pooling_layer=False)
+    _randomise_new_parameters(model)
+    model.train(training)
+    inputs = vit_inputs()
+    with torch.no_grad():
+        expected = vit_forward(model, inputs["pixel_values"])
+        actual = model(**inputs).last_hidden_state
+    assert (actual - expected).abs().max() < 2e-5
+
+
+@pytest.mark.parametrize("fusion", [name for name in FUSIONS if name != "none"])
+@pytest.mark.parametrize("family", ["bert", "vit"])
+def test_fusion_matches_explicit_formula(fusion, family):
+    if family == "bert":
+        model = CenteredBertModel(bert_config(correction="centered", fusion=fusion))
+        _randomise_new_parameters(model)
+        inputs = bert_inputs()
+        with torch.no_grad():
+            expected = bert_forward(model.eval(), inputs["input_ids"], inputs["attention_mask"])
+            actual = model(**inputs).last_hidden_state
+        real = inputs["attention_mask"].bool()
+        actual, expected = actual[real], expected[real]
+    else:
+        model = CenteredViTModel(vit_config(correction="contranorm", fusion=fusion), add_pooling_layer=False)
+        _randomise_new_parameters(model)
+        with torch.no_grad():
+            expected = vit_forward(model.eval(), vit_inputs()["pixel_values"])
+            actual = model(**vit_inputs()).last_hidden_state
+    assert (actual - expected).abs().max() < 2e-5
+
+
+@pytest.mark.parametrize("name", CORRECTIONS)
+def test_registry_entry_is_documented(name):
+    correction = REGISTRY[name]
+    doc = correction.__module__ and __import__(correction.__module__, fromlist=["_"]).__doc__
+    assert "arXiv" in doc and ".. math::" in doc and "Arguments ↔ symbols" in doc
+    assert correction.strength_field in correction.hyperparameters
+    assert correction.citation.startswith("@") and "title" in correction.citation
+
+
+def test_dgn_running_statistics_follow_batchnorm_update():
+    """Train mode updates the running statistics like BatchNorm1d over the real tokens (unbiased variance)."""
+    model = CenteredBertModel(bert_config(correction="dgn", dgn_momentum=0.3)).train()
+    dgn = model.encoder.layer[0].corrections.dgn
+    inputs = bert_inputs()
+    captured = {}
+    dgn.register_forward_hook(lambda module, args, output: captured.setdefault("input", args[0].detach()))
+    running_mean, running_var = dgn.running_mean.clone(), dgn.running_var.clone()
+    with torch.no_grad():
+        model(**inputs)
+    tokens = captured["input"][inputs["attention_mask"].bool()]
+    assignment = torch.softmax(dgn.assign(tokens), dim=-1)
+    grouped = (assignment[:, :, None] * tokens[:, None, :]).reshape(tokens.shape[0], -1)
+    expected_mean, expected_var = running_mean.flatten().clone(), running_var.flatten().clone()
+    torch.nn.functional.batch_norm(grouped, expected_mean, expected_var, training=True, momentum=0.3)
+    assert torch.allclose(dgn.running_mean.flatten(), expected_mean, atol=1e-6)
+    assert torch.allclose(dgn.running_var.flatten(), expected_var, atol=1e-5)
