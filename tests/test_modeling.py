@@ -1,0 +1,323 @@
+"""Model classes: stock equivalence, padding invariance, backends, dtypes, checkpointing, saving and loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    ALL_CORRECTIONS,
+    CORRECTIONS,
+    FUSIONS,
+    bert_config,
+    bert_inputs,
+    max_real_token_diff,
+    pad_more,
+    vit_config,
+    vit_inputs,
+)
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
+)
+
+import hf_centered
+from hf_centered import (
+    CenteredBertConfig,
+    CenteredBertForMaskedLM,
+    CenteredBertForSequenceClassification,
+    CenteredBertForTokenClassification,
+    CenteredBertModel,
+    CenteredViTConfig,
+    CenteredViTForImageClassification,
+    CenteredViTModel,
+)
+from hf_centered.corrections import CORRECTIONS as REGISTRY
+
+METHOD_SETS = [[name] for name in CORRECTIONS] + [ALL_CORRECTIONS]
+BERT_PAIRS = [
+    (BertModel, CenteredBertModel),
+    (BertForSequenceClassification, CenteredBertForSequenceClassification),
+    (BertForMaskedLM, CenteredBertForMaskedLM),
+    (BertForTokenClassification, CenteredBertForTokenClassification),
+]
+VIT_PAIRS = [(ViTModel, CenteredViTModel), (ViTForImageClassification, CenteredViTForImageClassification)]
+
+
+def _stock_config(config):
+    stock_class = BertConfig if isinstance(config, CenteredBertConfig) else ViTConfig
+    fields = {k: v for k, v in config.to_dict().items() if k in stock_class().to_dict() and k != "model_type"}
+    return stock_class(**fields)
+
+
+def _main_output(output):
+    return output.logits if hasattr(output, "logits") else output.last_hidden_state
+
+
+def _assert_stock_equivalent(stock_class, centered_class, config, inputs, tol=1e-6):
+    model = centered_class(config).eval()
+    stock = stock_class(_stock_config(config)).eval()
+    missing, unexpected = stock.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all("corrections" in name for name in unexpected)
+    with torch.no_grad():
+        expected, actual = _main_output(stock(**inputs)), _main_output(model(**inputs))
+    if "attention_mask" in inputs and actual.dim() == 3:  # per-token outputs: padded positions are garbage
+        assert max_real_token_diff(actual, expected, inputs["attention_mask"]) <= tol
+    else:
+        assert (actual - expected).abs().max() <= tol
+
+
+@pytest.mark.parametrize(("stock_class", "centered_class"), BERT_PAIRS, ids=lambda c: c.__name__)
+def test_bert_none_equals_stock(stock_class, centered_class):
+    _assert_stock_equivalent(stock_class, centered_class, bert_config(correction="none"), bert_inputs())
+
+
+@pytest.mark.parametrize(("stock_class", "centered_class"), VIT_PAIRS, ids=lambda c: c.__name__)
+def test_vit_none_equals_stock(stock_class, centered_class):
+    _assert_stock_equivalent(stock_class, centered_class, vit_config(correction="none"), vit_inputs())
+
+
+@pytest.mark.parametrize("name", CORRECTIONS)
+def test_zero_strength_equals_stock(name):
+    strength = {REGISTRY[name].strength_field: 0.0}
+    _assert_stock_equivalent(BertModel, CenteredBertModel, bert_config(correction=name, **strength), bert_inputs())
+    _assert_stock_equivalent(ViTModel, CenteredViTModel, vit_config(correction=name, **strength), vit_inputs())
+
+
+@pytest.mark.parametrize("name", CORRECTIONS)
+def test_correction_changes_outputs(name):
+    """The equivalence tests above would pass trivially if a correction did nothing."""
+    model = CenteredBertModel(bert_config(correction=name)).eval()
+    inputs = bert_inputs()
+    stock = BertModel(_stock_config(model.config)).eval()
+    stock.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        diff = max_real_token_diff(model(**inputs).last_hidden_state, stock(**inputs).last_hidden_state,
+                                   inputs["attention_mask"])
+    assert diff > 1e-3
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_padding_invariance(methods, fusion, training):
+    model = CenteredBertForTokenClassification(bert_config(correction=methods, fusion=fusion)).train(training)
+    inputs = bert_inputs()
+    with torch.no_grad():
+        short = model(**inputs).logits
+        long = model(**pad_more(inputs, 5)).logits
+    assert max_real_token_diff(short, long, inputs["attention_mask"]) <= 1e-5
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+def test_eager_equals_sdpa(methods, fusion):
+    inputs = bert_inputs()
+    bert = CenteredBertModel(bert_config(correction=methods, fusion=fusion, attn_implementation="eager")).eval()
+    vit = CenteredViTModel(vit_config(correction=methods, fusion=fusion, attn_implementation="eager")).eval()
+    with torch.no_grad():
+        bert_eager, vit_eager = bert(**inputs).last_hidden_state, vit(**vit_inputs()).last_hidden_state
+        bert.set_attn_implementation("sdpa")
+        vit.set_attn_implementation("sdpa")
+        bert_sdpa, vit_sdpa = bert(**inputs).last_hidden_state, vit(**vit_inputs()).last_hidden_state
+    assert bert.config._attn_implementation == "sdpa"
+    assert max_real_token_diff(bert_eager, bert_sdpa, inputs["attention_mask"]) <= 1e-5
+    assert (vit_eager - vit_sdpa).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_all_padding_row_and_bf16_are_finite(implementation, dtype):
+    config = bert_config(correction=ALL_CORRECTIONS, fusion="gate", attn_implementation=implementation)
+    model = CenteredBertForSequenceClassification(config).to(dtype)
+    inputs = bert_inputs()
+    inputs["attention_mask"][2] = 0
+    for training in (True, False):
+        model.train(training)
+        output = model(**inputs, labels=torch.tensor([0, 1, 2]), output_hidden_states=True)
+        assert torch.isfinite(output.logits).all() and torch.isfinite(output.loss)
+        assert all(torch.isfinite(h).all() for h in output.hidden_states)
+        output.loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    vit = CenteredViTForImageClassification(vit_config(correction=ALL_CORRECTIONS, fusion="concat")).to(dtype)
+    assert torch.isfinite(vit(**vit_inputs()).logits).all()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_hidden_states_are_the_raw_layers(fusion):
+    model = CenteredBertModel(bert_config(correction="dgn", fusion=fusion)).eval()
+    inputs = bert_inputs()
+    with torch.no_grad():
+        output = model(**inputs, output_hidden_states=True)
+    assert len(output.hidden_states) == model.config.num_hidden_layers + 1
+    torch.testing.assert_close(output.hidden_states[0], model.embeddings(input_ids=inputs["input_ids"]))
+    fused_differs = not torch.equal(output.hidden_states[-1], output.last_hidden_state)
+    assert fused_differs == (fusion not in ("none", "concat"))  # concat starts as "select the last layer"
+    vit = CenteredViTModel(vit_config(correction="dgn", fusion=fusion)).eval()
+    with torch.no_grad():
+        vit_output = vit(**vit_inputs(), output_hidden_states=True)
+    assert len(vit_output.hidden_states) == vit.config.num_hidden_layers + 1
+    torch.testing.assert_close(vit.layernorm(vit_output.hidden_states[-1]), vit_output.last_hidden_state) if fusion in (
+        "none", "concat") else None
+
+
+def test_fusion_initialisation_preserves_the_pretrained_output():
+    base = CenteredBertModel(bert_config(correction="none")).eval()
+    inputs = bert_inputs()
+    with torch.no_grad():
+        reference = base(**inputs).last_hidden_state
+        for fusion, tolerance in [("concat", 1e-6), ("gate", 0.05)]:
+            fused = CenteredBertModel(bert_config(correction="none", fusion=fusion)).eval()
+            fused.load_state_dict(base.state_dict(), strict=False)
+            fused.encoder.fusion.reset_parameters()
+            diff = max_real_token_diff(fused(**inputs).last_hidden_state, reference, inputs["attention_mask"])
+            assert diff <= tolerance, fusion
+        gate = fused.encoder.fusion
+        outputs = base(**inputs, output_hidden_states=True).hidden_states[1:]
+        weights = gate.layer_weights(torch.stack(list(outputs)))
+        torch.testing.assert_close(weights[-1], torch.full_like(weights[-1], 0.99))
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+def test_gradient_checkpointing_gives_the_same_gradients(methods, use_reentrant):
+    config = bert_config(correction=methods, fusion="gate")
+    inputs, labels = bert_inputs(), torch.tensor([0, 2, 1])
+    gradients, running = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = CenteredBertForSequenceClassification(config).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": use_reentrant})
+        model(**inputs, labels=labels).loss.backward()
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        running.append({n: b.clone() for n, b in model.named_buffers() if "running" in n})
+    assert gradients[0].keys() == gradients[1].keys()
+    if "neutreno" in methods:  # V⁰'s gradient reaches layer 0's value projection from every later layer
+        assert "bert.encoder.layer.0.attention.self.value.weight" in gradients[1]
+    for name in gradients[0]:
+        torch.testing.assert_close(gradients[1][name], gradients[0][name], atol=1e-6, rtol=1e-5, msg=name)
+    for name in running[0]:  # recomputation must not update DGN's running statistics a second time
+        torch.testing.assert_close(running[1][name], running[0][name], msg=name)
+
+
+def test_neutreno_gradient_reaches_first_value_projection():
+    model = CenteredBertModel(bert_config(correction="neutreno", correction_layers=[2]))
+    inputs = bert_inputs()
+    value = model.encoder.layer[0].attention.self.value.weight
+    for layer in model.encoder.layer[1:]:
+        layer.requires_grad_(False)
+    grad = torch.autograd.grad(model(**inputs).last_hidden_state.sum(), value)[0]
+    model.config.neutreno_lambda = 0.0
+    assert grad.abs().sum() > 0
+
+
+def test_torch_compile_smoke():
+    model = CenteredBertForSequenceClassification(bert_config(correction=ALL_CORRECTIONS, fusion="gate")).eval()
+    inputs = bert_inputs()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        compiled = torch.compile(model, backend="eager", fullgraph=False)
+        torch.testing.assert_close(compiled(**inputs).logits, expected)
+
+
+@pytest.mark.parametrize("methods", [["none"], ALL_CORRECTIONS], ids="+".join)
+@pytest.mark.parametrize("fusion", ["none", "concat", "gate"])
+def test_save_load_round_trip(tmp_path, methods, fusion):
+    bert = CenteredBertForSequenceClassification(bert_config(correction=methods, fusion=fusion, correction_layers=[0, 2]))
+    bert.train()
+    bert(**bert_inputs())  # moves DGN's running statistics off their initial values
+    bert.eval()
+    bert.save_pretrained(tmp_path / "bert")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert").eval()
+    assert type(loaded) is CenteredBertForSequenceClassification
+    for field in ("correction", "correction_layers", "fusion", "centered_scale", "dgn_groups", "contranorm_tau"):
+        assert getattr(loaded.config, field) == getattr(bert.config, field)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**bert_inputs()).logits, bert(**bert_inputs()).logits, atol=0, rtol=0)
+    vit = CenteredViTForImageClassification(vit_config(correction=methods, fusion=fusion)).eval()
+    vit.save_pretrained(tmp_path / "vit")
+    loaded_vit = AutoModelForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_vit(**vit_inputs()).logits, vit(**vit_inputs()).logits, atol=0, rtol=0)
+
+
+def test_auto_classes_resolve_to_centered_models():
+    bert = bert_config()
+    vit = vit_config()
+    assert type(AutoConfig.for_model("centered_bert")) is CenteredBertConfig
+    assert type(AutoModel.from_config(bert)) is CenteredBertModel
+    assert type(AutoModelForSequenceClassification.from_config(bert)) is CenteredBertForSequenceClassification
+    assert type(AutoModelForMaskedLM.from_config(bert)) is CenteredBertForMaskedLM
+    assert type(AutoModelForTokenClassification.from_config(bert)) is CenteredBertForTokenClassification
+    assert type(AutoModel.from_config(vit)) is CenteredViTModel
+    assert type(AutoModelForImageClassification.from_config(vit)) is CenteredViTForImageClassification
+    assert hf_centered.available_corrections()[0] == "none"
+    assert set(hf_centered.available_fusions()) == {"none", "concat", "max", "gate"}
+
+
+def test_masked_lm_keeps_tied_embeddings():
+    model = CenteredBertForMaskedLM(bert_config())
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+
+
+@pytest.mark.parametrize("methods", [["none"], ["centered", "dgn"]], ids="+".join)
+def test_stock_bert_checkpoint_loads_every_weight(tmp_path, methods):
+    stock = BertForMaskedLM(_stock_config(bert_config(correction="none")))
+    stock.save_pretrained(tmp_path)
+    model, info = CenteredBertForSequenceClassification.from_pretrained(
+        tmp_path, correction=methods, fusion="concat", num_labels=4, output_loading_info=True
+    )
+    new = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias",
+           "bert.encoder.fusion.weight", "bert.encoder.fusion.bias"}
+    if "dgn" in methods:
+        new |= {f"bert.encoder.layer.{i}.corrections.dgn.{name}" for i in range(3)
+                for name in ("assign.weight", "assign.bias", "weight", "bias", "running_mean", "running_var")}
+    assert set(info["missing_keys"]) == new
+    assert set(info["unexpected_keys"]) <= {k for k in stock.state_dict() if k.startswith("cls.")}
+    assert model.config.model_type == "centered_bert" and model.config.correction == methods
+    stock_weights = stock.state_dict()
+    for name, tensor in model.state_dict().items():
+        if name not in new:
+            assert torch.equal(tensor, stock_weights[name]), name
+    if "dgn" in methods:  # new buffers are initialised too, not left as uninitialised memory from the meta device
+        dgn = model.bert.encoder.layer[1].corrections.dgn
+        assert torch.all(dgn.running_var == 1) and torch.all(dgn.running_mean == 0) and torch.all(dgn.weight == 1)
+
+
+def test_legacy_vit_checkpoint_loads(tmp_path):
+    stock = ViTModel(_stock_config(vit_config()), add_pooling_layer=False)
+    stock.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as saved:
+        assert "encoder.layer.0.attention.attention.query.weight" in set(saved.keys())
+    model, info = CenteredViTForImageClassification.from_pretrained(
+        tmp_path, correction=["centered", "contranorm"], num_labels=5, output_loading_info=True
+    )
+    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+    assert not info["unexpected_keys"]
+    stock_weights = stock.state_dict()
+    for name, tensor in model.vit.state_dict().items():
+        torch.testing.assert_close(tensor, stock_weights[name], atol=0, rtol=0, msg=name)
+    model.save_pretrained(tmp_path / "ours")
+    with safe_open(tmp_path / "ours" / "model.safetensors", "pt") as saved:
+        assert "vit.encoder.layer.2.attention.attention.value.weight" in set(saved.keys())
+
+
+def test_invalid_assignment_is_caught_when_building_a_model():
+    config = bert_config()
+    config.correction = "bogus"
+    with pytest.raises(ValueError, match="correction"):
+        CenteredBertModel(config)
