@@ -74,7 +74,12 @@ class CorrectionConfigMixin:
 
     def validate_corrections(self) -> None:
         """Checks every correction field; strict dataclasses call every `validate_*` method at construction."""
-        names = [self.correction] if isinstance(self.correction, str) else list(self.correction)
+        if isinstance(self.correction, str):
+            names = [self.correction]
+        elif isinstance(self.correction, (list, tuple)):
+            names = list(self.correction)
+        else:
+            names = [None]
         unknown = [name for name in names if name not in available_corrections()]
         if unknown or not names:
             raise ValueError(

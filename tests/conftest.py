@@ -18,17 +18,28 @@ FUSIONS = hf_centered.available_fusions()
 ALL_CORRECTIONS = list(CORRECTIONS)
 
 BERT_SIZES = dict(
-    vocab_size=99, hidden_size=36, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
-    max_position_embeddings=64, type_vocab_size=2,
+    vocab_size=99,
+    hidden_size=36,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    type_vocab_size=2,
 )
 VIT_SIZES = dict(
-    image_size=10, patch_size=2, num_channels=3, hidden_size=36, num_hidden_layers=3, num_attention_heads=4,
+    image_size=10,
+    patch_size=2,
+    num_channels=3,
+    hidden_size=36,
+    num_hidden_layers=3,
+    num_attention_heads=4,
     intermediate_size=37,
 )
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 # Strengths large enough for every correction to change the outputs visibly.
-STRONG = dict(centered_scale=0.7, neutreno_lambda=0.6, contranorm_scale=0.3, contranorm_tau=0.7, dgn_groups=3,
-              dgn_lambda=0.5)
+STRONG = dict(
+    centered_scale=0.7, neutreno_lambda=0.6, contranorm_scale=0.3, contranorm_tau=0.7, dgn_groups=3, dgn_lambda=0.5
+)
 
 
 def bert_config(**overrides) -> CenteredBertConfig:

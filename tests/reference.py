@@ -57,8 +57,14 @@ def dgn(config, layer_idx, module, x, real, training):
     assignment = torch.softmax(tokens @ module.assign.weight.T + module.assign.bias, dim=-1)  # (N, G)
     grouped = (assignment[:, :, None] * tokens[:, None, :]).reshape(tokens.shape[0], -1)
     normalized = F.batch_norm(
-        grouped, module.running_mean.clone().flatten(), module.running_var.clone().flatten(),
-        module.weight.flatten(), module.bias.flatten(), training=training, momentum=0.0, eps=module.eps,
+        grouped,
+        module.running_mean.clone().flatten(),
+        module.running_var.clone().flatten(),
+        module.weight.flatten(),
+        module.bias.flatten(),
+        training=training,
+        momentum=0.0,
+        eps=module.eps,
     ).view(tokens.shape[0], config.dgn_groups, -1)
     out = x.clone()
     out[real] = tokens + config.dgn_lambda * normalized.sum(dim=1)
@@ -75,9 +81,11 @@ def fuse(config, fusion, layer_outputs):
         return result
     if config.fusion == "concat":
         return torch.cat(layer_outputs, dim=-1) @ fusion.weight.T + fusion.bias
-    logits = torch.stack([output @ fusion.weight + bias for output, bias in zip(layer_outputs, fusion.layer_bias)])
+    logits = torch.stack(
+        [output @ fusion.weight + bias for output, bias in zip(layer_outputs, fusion.layer_bias, strict=True)]
+    )
     weights = torch.softmax(logits, dim=0)
-    return sum(weight[..., None] * output for weight, output in zip(weights, layer_outputs))
+    return sum(weight[..., None] * output for weight, output in zip(weights, layer_outputs, strict=True))
 
 
 def bert_forward(model, input_ids, attention_mask):

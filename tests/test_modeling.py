@@ -39,7 +39,6 @@ from hf_centered import (
     CenteredBertForSequenceClassification,
     CenteredBertForTokenClassification,
     CenteredBertModel,
-    CenteredViTConfig,
     CenteredViTForImageClassification,
     CenteredViTModel,
 )
@@ -103,8 +102,9 @@ def test_correction_changes_outputs(name):
     stock = BertModel(_stock_config(model.config)).eval()
     stock.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
-        diff = max_real_token_diff(model(**inputs).last_hidden_state, stock(**inputs).last_hidden_state,
-                                   inputs["attention_mask"])
+        diff = max_real_token_diff(
+            model(**inputs).last_hidden_state, stock(**inputs).last_hidden_state, inputs["attention_mask"]
+        )
     assert diff > 1e-3
 
 
@@ -168,8 +168,8 @@ def test_hidden_states_are_the_raw_layers(fusion):
     with torch.no_grad():
         vit_output = vit(**vit_inputs(), output_hidden_states=True)
     assert len(vit_output.hidden_states) == vit.config.num_hidden_layers + 1
-    torch.testing.assert_close(vit.layernorm(vit_output.hidden_states[-1]), vit_output.last_hidden_state) if fusion in (
-        "none", "concat") else None
+    if fusion in ("none", "concat"):  # the ViT fusions see the final-normed layers
+        torch.testing.assert_close(vit.layernorm(vit_output.hidden_states[-1]), vit_output.last_hidden_state)
 
 
 def test_fusion_initialisation_preserves_the_pretrained_output():
@@ -235,7 +235,9 @@ def test_torch_compile_smoke():
 @pytest.mark.parametrize("methods", [["none"], ALL_CORRECTIONS], ids="+".join)
 @pytest.mark.parametrize("fusion", ["none", "concat", "gate"])
 def test_save_load_round_trip(tmp_path, methods, fusion):
-    bert = CenteredBertForSequenceClassification(bert_config(correction=methods, fusion=fusion, correction_layers=[0, 2]))
+    bert = CenteredBertForSequenceClassification(
+        bert_config(correction=methods, fusion=fusion, correction_layers=[0, 2])
+    )
     bert.train()
     bert(**bert_inputs())  # moves DGN's running statistics off their initial values
     bert.eval()
@@ -279,11 +281,20 @@ def test_stock_bert_checkpoint_loads_every_weight(tmp_path, methods):
     model, info = CenteredBertForSequenceClassification.from_pretrained(
         tmp_path, correction=methods, fusion="concat", num_labels=4, output_loading_info=True
     )
-    new = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias",
-           "bert.encoder.fusion.weight", "bert.encoder.fusion.bias"}
+    new = {
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+        "classifier.weight",
+        "classifier.bias",
+        "bert.encoder.fusion.weight",
+        "bert.encoder.fusion.bias",
+    }
     if "dgn" in methods:
-        new |= {f"bert.encoder.layer.{i}.corrections.dgn.{name}" for i in range(3)
-                for name in ("assign.weight", "assign.bias", "weight", "bias", "running_mean", "running_var")}
+        new |= {
+            f"bert.encoder.layer.{i}.corrections.dgn.{name}"
+            for i in range(3)
+            for name in ("assign.weight", "assign.bias", "weight", "bias", "running_mean", "running_var")
+        }
     assert set(info["missing_keys"]) == new
     assert set(info["unexpected_keys"]) <= {k for k in stock.state_dict() if k.startswith("cls.")}
     assert model.config.model_type == "centered_bert" and model.config.correction == methods

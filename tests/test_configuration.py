@@ -1,0 +1,107 @@
+"""Configuration fields: defaults, validation at construction, JSON round trip, stock configs becoming ours."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import BERT_SIZES, VIT_SIZES
+from transformers import AutoConfig, BertConfig, ViTConfig
+
+from hf_centered import CenteredBertConfig, CenteredViTConfig
+
+CONFIG_CLASSES = [CenteredBertConfig, CenteredViTConfig]
+API_DEFAULTS = {
+    "correction": "centered",
+    "correction_layers": None,
+    "centered_scale": 1.0,
+    "neutreno_lambda": 0.6,
+    "contranorm_scale": 0.1,
+    "contranorm_tau": 1.0,
+    "dgn_groups": 10,
+    "dgn_lambda": 0.01,
+    "fusion": "none",
+}
+INVALID = [
+    ("correction", "centred"),
+    ("correction", []),
+    ("correction", ["centered", "centered"]),
+    ("correction", ["none", "dgn"]),
+    ("correction", 3),
+    ("correction_layers", [3]),
+    ("correction_layers", [-1]),
+    ("correction_layers", [0, 0]),
+    ("correction_layers", ["1"]),
+    ("centered_scale", -0.1),
+    ("centered_scale", "1"),
+    ("neutreno_lambda", -1),
+    ("contranorm_scale", -0.5),
+    ("contranorm_tau", 0),
+    ("contranorm_tau", -1.0),
+    ("dgn_groups", 0),
+    ("dgn_groups", 2.5),
+    ("dgn_lambda", -0.01),
+    ("dgn_momentum", 1.5),
+    ("fusion", "sum"),
+]
+
+
+@pytest.mark.parametrize("config_class", CONFIG_CLASSES)
+def test_api_defaults(config_class):
+    config = config_class()
+    for field, value in API_DEFAULTS.items():
+        assert getattr(config, field) == value, field
+
+
+@pytest.mark.parametrize(("field", "value"), INVALID, ids=[f"{f}={v!r}" for f, v in INVALID])
+@pytest.mark.parametrize("config_class", CONFIG_CLASSES)
+def test_invalid_value_raises_value_error_naming_the_field(config_class, field, value):
+    with pytest.raises(ValueError, match=field) as error:
+        config_class(num_hidden_layers=3, **{field: value})
+    assert "allowed" in str(error.value) or "twice" in str(error.value) or "combines" in str(error.value)
+
+
+def test_bert_must_stay_an_encoder():
+    with pytest.raises(ValueError, match="is_decoder"):
+        CenteredBertConfig(is_decoder=True)
+
+
+@pytest.mark.parametrize("config_class", CONFIG_CLASSES)
+def test_every_field_round_trips_through_config_json(tmp_path, config_class):
+    fields = dict(
+        correction=["neutreno", "dgn"],
+        correction_layers=[0, 2],
+        centered_scale=0.5,
+        neutreno_lambda=0.4,
+        contranorm_scale=0.05,
+        contranorm_tau=0.3,
+        dgn_groups=4,
+        dgn_lambda=0.02,
+        dgn_momentum=0.2,
+        fusion="gate",
+    )
+    config = config_class(num_hidden_layers=3, **fields)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == config_class.model_type
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is config_class
+    for field, value in fields.items():
+        assert saved[field] == value and getattr(loaded, field) == value, field
+
+
+@pytest.mark.parametrize(
+    ("stock_class", "config_class", "sizes"),
+    [(BertConfig, CenteredBertConfig, BERT_SIZES), (ViTConfig, CenteredViTConfig, VIT_SIZES)],
+)
+def test_stock_config_becomes_ours(tmp_path, stock_class, config_class, sizes, caplog):
+    stock_class(**sizes).save_pretrained(tmp_path)
+    config = config_class.from_pretrained(tmp_path, correction="contranorm")
+    assert config.model_type == config_class.model_type
+    assert config.correction == "contranorm" and config.hidden_size == sizes["hidden_size"]
+    assert "to instantiate a model of type" not in caplog.text
+
+
+def test_corrections_property_is_canonical():
+    assert CenteredBertConfig(correction=["dgn", "centered"]).corrections == ["centered", "dgn"]
+    assert CenteredBertConfig(correction="none").corrections == []

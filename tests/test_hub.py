@@ -1,0 +1,192 @@
+"""Hub-ready export: loads with trust_remote_code where hf_centered cannot be imported, with identical outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import bert_config, bert_inputs, vit_config, vit_inputs
+from huggingface_hub import HfApi, ModelCard
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+from hf_centered import (
+    CenteredBertForSequenceClassification,
+    CenteredBertModel,
+    CenteredViTForImageClassification,
+    export_for_hub,
+    push_to_hub,
+)
+from hf_centered.cli import main as cli_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+LOAD_WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import sys
+    sys.modules["hf_centered"] = None  # an editable install would otherwise stay importable
+    import json, torch
+    import transformers
+    folder, auto_class = sys.argv[1], sys.argv[2]
+    model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True).eval()
+    assert "hf_centered" not in type(model).__module__, type(model).__module__
+    inputs = torch.load(folder + "/../inputs.pt")
+    with torch.no_grad():
+        output = model(**inputs)
+    torch.save(output.logits, folder + "/../remote_logits.pt")
+    base = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
+    print(json.dumps({"class": type(model).__name__, "base": type(base).__name__}))
+    """
+)
+
+
+def _load_in_fresh_process(tmp_path: Path, folder: Path, auto_class: str) -> dict:
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_PACKAGE, str(folder), auto_class],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("family", "auto_class"),
+    [("bert", "AutoModelForSequenceClassification"), ("vit", "AutoModelForImageClassification")],
+)
+def test_export_reloads_without_the_package(tmp_path, family, auto_class):
+    if family == "bert":
+        config = bert_config(correction=["centered", "neutreno", "contranorm", "dgn"], fusion="gate")
+        model, inputs = CenteredBertForSequenceClassification(config), bert_inputs()
+    else:
+        config = vit_config(correction=["centered", "contranorm"], fusion="concat")
+        model, inputs = CenteredViTForImageClassification(config), vit_inputs()
+    model.train()
+    model(**inputs)  # non-default DGN running statistics must travel too
+    model.eval()
+    folder = export_for_hub(model, tmp_path / "export", metrics={"accuracy": 0.5}, dataset="unit-test")
+    torch.save(inputs, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model(**inputs).logits
+
+    files = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "configuration_centered.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    expected_keys = {"AutoConfig", "AutoModel", auto_class}
+    if family == "bert":
+        expected_keys |= {"AutoModelForMaskedLM", "AutoModelForTokenClassification"}
+    assert set(auto_map) == expected_keys
+    for reference in auto_map.values():
+        assert (folder / (reference.split(".")[0] + ".py")).is_file()
+
+    loaded = _load_in_fresh_process(tmp_path, folder, auto_class)
+    assert loaded["class"] == type(model).__name__
+    assert loaded["base"] == ("CenteredBertModel" if family == "bert" else "CenteredViTModel")
+    assert torch.equal(torch.load(tmp_path / "remote_logits.pt"), expected)
+
+
+def test_model_card_describes_the_model(tmp_path):
+    model = CenteredBertForSequenceClassification(bert_config(correction=["centered", "dgn"], fusion="gate"))
+    folder = export_for_hub(
+        model,
+        tmp_path / "card",
+        model_name="centered-tiny",
+        model_id="org/centered-tiny",
+        base_model="org/tiny-bert",
+        metrics={"accuracy": 0.8125, "f1": 0.8},
+        dataset="rotten_tomatoes",
+        training_hyperparameters={"learning_rate": 5e-5},
+    )
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["base_model"] == "org/tiny-bert" and data["pipeline_tag"] == "text-classification"
+    assert {"hf_centered", "custom_code", "centered-correction", "dgn-correction", "gate-fusion"} <= set(data["tags"])
+    assert data["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.8125
+    text = card.text
+    assert 'AutoModelForSequenceClassification.from_pretrained("org/centered-tiny", trust_remote_code=True)' in text
+    assert "`centered_scale=0.7`" in text and "`dgn_groups=3`" in text and "| accuracy | 0.8125 |" in text
+    assert "Centered Self-Attention Layers" in text and "Differentiable Group Normalization" in text
+    assert "@inproceedings{shi2022revisiting" in text and "learning_rate" in text
+
+
+def test_export_refuses_to_overwrite_and_bad_input(tmp_path):
+    model = CenteredBertModel(bert_config())
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "trained.safetensors").write_text("precious")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_for_hub(model, tmp_path / "taken")
+    assert (tmp_path / "taken" / "trained.safetensors").read_text() == "precious"
+    with pytest.raises(ValueError, match="Unknown model card field"):
+        export_for_hub(model, tmp_path / "new", accuracy=0.9)
+    stock = BertForSequenceClassification(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, vocab_size=99)
+    )
+    with pytest.raises(ValueError, match="expects an hf_centered model"):
+        export_for_hub(stock, tmp_path / "stock")
+    export_for_hub(model, tmp_path / "taken", overwrite=True)
+    assert (tmp_path / "taken" / "model.safetensors").is_file()
+
+
+def test_push_uploads_the_folder(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)) or "commit-url")
+    folder = export_for_hub(CenteredBertModel(bert_config()), tmp_path / "push")
+    assert push_to_hub(folder, "org/model", private=True) == "commit-url"
+    assert calls[0] == ("create", "org/model", {"private": True, "exist_ok": True})
+    assert calls[1][1]["repo_id"] == "org/model" and calls[1][1]["folder_path"] == str(folder)
+    with pytest.raises(FileNotFoundError, match="export_for_hub"):
+        push_to_hub(tmp_path, "org/model")
+
+
+def test_cli_export_converts_a_stock_checkpoint(tmp_path, capsys):
+    stock = BertForSequenceClassification(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            vocab_size=99,
+            num_labels=3,
+        )
+    )
+    stock.save_pretrained(tmp_path / "stock")
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"])}
+    BertTokenizer(vocab=vocab).save_pretrained(tmp_path / "stock")
+    code = cli_main(
+        [
+            "export",
+            str(tmp_path / "stock"),
+            str(tmp_path / "out"),
+            "--correction",
+            "centered",
+            "contranorm",
+            "--contranorm-scale",
+            "0.05",
+            "--fusion",
+            "concat",
+            "--correction-layers",
+            "1",
+        ]
+    )
+    assert code == 0 and "CenteredBertForSequenceClassification" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["correction"] == ["centered", "contranorm"] and saved["contranorm_scale"] == 0.05
+    assert saved["correction_layers"] == [1] and len(saved["id2label"]) == 3
+    assert (tmp_path / "out" / "tokenizer.json").is_file() or (tmp_path / "out" / "vocab.txt").is_file()
+    reloaded = CenteredBertForSequenceClassification.from_pretrained(tmp_path / "out")
+    for name, tensor in stock.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
+    with pytest.raises(SystemExit):
+        cli_main(["export", str(tmp_path / "stock"), str(tmp_path / "out2"), "--task", "image-classification"])
