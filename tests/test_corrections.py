@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import ALL_CORRECTIONS, CORRECTIONS, FUSIONS, bert_config, bert_inputs, vit_config, vit_inputs
@@ -102,3 +104,29 @@ def test_dgn_running_statistics_follow_batchnorm_update():
     torch.nn.functional.batch_norm(grouped, expected_mean, expected_var, training=True, momentum=0.3)
     assert torch.allclose(dgn.running_mean.flatten(), expected_mean, atol=1e-6)
     assert torch.allclose(dgn.running_var.flatten(), expected_var, atol=1e-5)
+
+
+def test_readme_documents_every_method():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in [*CORRECTIONS, *(fusion for fusion in FUSIONS if fusion != "none")]:
+        assert f"`{name}`" in readme, name
+    for correction in REGISTRY.values():
+        assert correction.citation in readme, correction.name
+
+
+@pytest.mark.parametrize("mask_form", ["flash_2d", "sdpa_bool", "eager_additive"])
+def test_padding_mask_recovered_from_every_backend_mask(mask_form):
+    from hf_centered.modeling_common import padding_mask_from_attention_mask
+
+    padding = bert_inputs()["attention_mask"].bool()
+    if mask_form == "flash_2d":
+        mask = padding.long()
+    elif mask_form == "sdpa_bool":
+        mask = padding[:, None, None, :].expand(-1, 1, padding.shape[1], -1)
+    else:
+        mask = torch.zeros(padding.shape[0], 1, padding.shape[1], padding.shape[1])
+        mask = mask.masked_fill(~padding[:, None, None, :], torch.finfo(torch.float32).min)
+    assert torch.equal(padding_mask_from_attention_mask(mask, *padding.shape), padding)
+    assert padding_mask_from_attention_mask(None, *padding.shape) is None
+    with pytest.raises(ValueError, match="BlockMask"):
+        padding_mask_from_attention_mask(object(), *padding.shape)
