@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,18 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
     return out_dir
 
 
+def _bibtex_title(citation: str) -> str:
+    return re.search(r"title\s*=\s*\{(.+?)\},", citation).group(1)
+
+
 def _correction_rows(config) -> list[dict[str, str]]:
     rows = []
     for name in config.corrections:
         correction = CORRECTIONS[name]
         hyperparameters = ", ".join(f"`{field}={getattr(config, field)}`" for field in correction.hyperparameters)
-        paper = correction.citation.split("title", 1)[1].split("{", 1)[1].split("}", 1)[0]
-        rows.append({"name": name, "hyperparameters": hyperparameters or "-", "paper": paper})
+        rows.append(
+            {"name": name, "hyperparameters": hyperparameters or "-", "paper": _bibtex_title(correction.citation)}
+        )
     return rows
 
 

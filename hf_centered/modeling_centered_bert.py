@@ -48,7 +48,7 @@ class CenteredBertSelfAttention(BertSelfAttention):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
+        past_key_values=None,  # always None: the corrected models are encoders (the config rejects is_decoder)
         correction_state: CorrectionState | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -224,11 +224,12 @@ def test_neutreno_gradient_reaches_first_value_projection():
 
 
 def test_torch_compile_smoke():
+    """Inductor compiles the combined corrections (about 45 s on 2 cores) and gives the eager outputs."""
     model = CenteredBertForSequenceClassification(bert_config(correction=ALL_CORRECTIONS, fusion="gate")).eval()
     inputs = bert_inputs()
     with torch.no_grad():
         expected = model(**inputs).logits
-        compiled = torch.compile(model, backend="eager", fullgraph=False)
+        compiled = torch.compile(model)
         torch.testing.assert_close(compiled(**inputs).logits, expected)
 
 
