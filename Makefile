@@ -3,7 +3,7 @@ PYTHON ?= python3
 # The local CPU build on the project's machines; on a GPU machine pass your CUDA build, e.g. TORCH="torch==2.13.0".
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint format
+.PHONY: install demo test lint format readme-profile
 
 install:
 	$(PYTHON) -m pip install --quiet "$(TORCH)"
@@ -23,3 +23,15 @@ test: install lint
 format:
 	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
+
+# Regenerates docs/images/minilm_profile.{png,json}, the README's over-smoothing plot (about 2 minutes on 2 cores).
+PROFILE_TMP ?= /tmp/hf_centered_profile
+readme-profile: install
+	rm -rf $(PROFILE_TMP) && mkdir -p $(PROFILE_TMP) docs/images
+	MINILM=$$($(PYTHON) -c "from hf_centered.data import minilm_dir; print(minilm_dir())") && \
+	hf-centered export $$MINILM $(PROFILE_TMP)/minilm-centered --task base --correction centered && \
+	hf-centered export $$MINILM $(PROFILE_TMP)/minilm-contranorm --task base --correction contranorm && \
+	HF_HUB_OFFLINE=1 hf-centered diagnose $$MINILM $(PROFILE_TMP)/minilm-centered $(PROFILE_TMP)/minilm-contranorm \
+		--labels stock centered contranorm --dataset rotten_tomatoes --max-sequences 256 --out $(PROFILE_TMP)/out
+	cp $(PROFILE_TMP)/out/profile.png docs/images/minilm_profile.png
+	cp $(PROFILE_TMP)/out/profile.json docs/images/minilm_profile.json

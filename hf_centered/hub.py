@@ -24,7 +24,10 @@ CARD_FIELDS = {
     "metrics": "dict of evaluation metrics, name -> value",
     "training_hyperparameters": "dict of training hyper-parameters, name -> value",
     "tags": "extra tags",
+    "profile": "a diagnostics.Profile of the model (its plot and table go into the card)",
+    "profile_inputs": "batches to compute that profile from (what oversmoothing_profile takes), if no profile given",
 }
+PROFILE_IMAGE = "oversmoothing_profile.png"
 PIPELINE_TAGS = {
     "AutoModel": "feature-extraction",
     "AutoModelForSequenceClassification": "text-classification",
@@ -73,11 +76,21 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; choose another folder or pass overwrite=True.")
 
+    profile = card_fields.pop("profile", None)
+    profile_inputs = card_fields.pop("profile_inputs", None)
+    if profile is None and profile_inputs is not None:
+        from .diagnostics import oversmoothing_profile
+
+        profile = oversmoothing_profile(model, profile_inputs, progress=False)
+
     model.config.auto_map = full_auto_map(model_type)
     model.save_pretrained(out_dir)
     if processor is not None:
         processor.save_pretrained(out_dir)
-    build_model_card(model, out_dir, **card_fields).save(out_dir / "README.md")
+    if profile is not None:
+        profile.save_json(out_dir / "oversmoothing_profile.json")
+        profile.plot(out_dir / PROFILE_IMAGE, title=f"over-smoothing profile of {out_dir.name}")
+    build_model_card(model, out_dir, profile=profile, **card_fields).save(out_dir / "README.md")
     return out_dir
 
 
@@ -96,7 +109,7 @@ def _correction_rows(config) -> list[dict[str, str]]:
     return rows
 
 
-def build_model_card(model, out_dir: Path, **card_fields: Any) -> ModelCard:
+def build_model_card(model, out_dir: Path, profile=None, **card_fields: Any) -> ModelCard:
     """The model card of an exported folder, rendered from `model_cards/template.md`."""
     config = model.config
     auto_class = auto_class_name(model)
@@ -152,8 +165,9 @@ def build_model_card(model, out_dir: Path, **card_fields: Any) -> ModelCard:
         metrics={name: f"{float(value):.4f}" for name, value in metrics.items()},
         dataset=dataset,
         training_hyperparameters=card_fields.get("training_hyperparameters"),
-        profile_table=None,
-        profile_image=None,
+        profile_table=profile.to_markdown_table() if profile is not None else None,
+        profile_image=PROFILE_IMAGE if profile is not None else None,
+        profile_sequences=profile.num_sequences if profile is not None else None,
         citations="\n\n".join(citations) or "(stock architecture: cite the base model)",
     )
 

@@ -190,3 +190,15 @@ def test_cli_export_converts_a_stock_checkpoint(tmp_path, capsys):
         assert torch.equal(reloaded.state_dict()[name], tensor), name
     with pytest.raises(SystemExit):
         cli_main(["export", str(tmp_path / "stock"), str(tmp_path / "out2"), "--task", "image-classification"])
+
+
+def test_model_card_carries_the_oversmoothing_profile(tmp_path):
+    model = CenteredBertForSequenceClassification(bert_config(correction="contranorm"))
+    folder = export_for_hub(model, tmp_path / "profiled", profile_inputs=[bert_inputs(), bert_inputs(seed=1)])
+    assert (folder / "oversmoothing_profile.png").read_bytes().startswith(b"\x89PNG")
+    profile = json.loads((folder / "oversmoothing_profile.json").read_text())
+    assert len(profile["cosine_similarity"]) == model.config.num_hidden_layers + 1 and profile["num_sequences"] == 6
+    text = ModelCard.load(folder / "README.md").text
+    assert "## Over-smoothing profile" in text and "over 6 sequences" in text
+    assert "![over-smoothing profile](oversmoothing_profile.png)" in text
+    assert f"{profile['cosine_similarity'][-1]:.3f}" in text

@@ -1,0 +1,285 @@
+"""``hf-centered diagnose``: over-smoothing profiles of one or several models on the same inputs.
+
+    hf-centered diagnose MODEL [MODEL ...] (--text-file F | --dataset NAME) --out DIR
+
+Each MODEL (local folder or hub id) is loaded with ``AutoModel`` and fed inputs built with its own tokenizer (text) or
+image processor (images). ``DIR/profile.json`` holds every profile keyed by label, ``DIR/profile.png`` draws them on one
+figure, and a layer × model table per metric is printed. Also runnable as ``python -m hf_centered.diagnose_cli
+diagnose ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers.utils import logging
+
+from hf_centered.data import digits, rotten_tomatoes
+from hf_centered.diagnostics import METRIC_TITLES, Profile, oversmoothing_profile, plot_profiles
+
+TEXT_DATASETS = ("rotten_tomatoes",)
+IMAGE_DATASETS = ("digits",)
+# Metrics shown in the printed table; profile.json has all of them.
+TABLE_METRICS = ("cosine_similarity", "effective_rank", "effective_rank_centered", "rank_collapse_residual")
+# ViT's default image processor normalisation, used when a model folder has no processor of its own.
+FALLBACK_IMAGE_MEAN = 0.5
+FALLBACK_IMAGE_STD = 0.5
+DIGITS_MAX_VALUE = 16.0
+
+
+class DiagnoseInputError(ValueError):
+    """Bad command-line input, reported as one line and exit code 2."""
+
+
+def add_diagnose_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``diagnose`` subcommand on an ``argparse`` subparsers object (``func`` = :func:`run_diagnose`)."""
+    parser = subparsers.add_parser(
+        "diagnose",
+        help="over-smoothing profile (cosine similarity, effective rank, rank-collapse residual per layer)",
+        description=__doc__.split("\n\n", 1)[0],
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="model folders or hub ids")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text-file", type=Path, help="text file, one input text per line")
+    source.add_argument(
+        "--dataset",
+        help=f"built-in offline dataset: {', '.join(TEXT_DATASETS)} (text) or {', '.join(IMAGE_DATASETS)} (images)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder for profile.json and profile.png")
+    parser.add_argument("--max-sequences", type=int, default=256, help="number of inputs (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default: 16)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
+    parser.add_argument(
+        "--exclude-special-tokens",
+        action="store_true",
+        help="leave out special tokens ([CLS], [SEP], ...) of texts and the [CLS] position of images",
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow models with custom code")
+    parser.add_argument("--labels", nargs="+", help="one label per model for the legend and JSON (default: names)")
+    parser.set_defaults(func=run_diagnose)
+    return parser
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    """Run the ``diagnose`` subcommand; 0 on success, 2 (with a one-line message on stderr) on bad input."""
+    try:
+        _run(args)
+    except DiagnoseInputError as error:
+        print(f"hf-centered diagnose: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    for option in ("max_sequences", "batch_size", "max_length"):
+        if getattr(args, option) < 1:
+            raise DiagnoseInputError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    labels = _labels(args.models, args.labels)
+    texts, images, source_name = _load_inputs(args)
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        raise DiagnoseInputError(f"--device {args.device!r} is not a torch device: {_first_line(error)}") from error
+
+    # Every model's inputs are checked before the first (possibly long) profile runs.
+    for name_or_path in args.models:
+        _check_modality(name_or_path, _load(AutoConfig, name_or_path, args.trust_remote_code), texts is not None)
+    profiles: dict[str, Profile] = {}
+    for name_or_path, label in zip(args.models, labels, strict=True):
+        model = _load(AutoModel, name_or_path, args.trust_remote_code).to(device)
+        if texts is not None:
+            batches = _text_batches(name_or_path, texts, args)
+        else:
+            batches = _image_batches(model.config, name_or_path, images, args.batch_size, args.trust_remote_code)
+        profile = oversmoothing_profile(
+            model,
+            batches,
+            exclude_special_tokens=args.exclude_special_tokens and texts is not None,
+            exclude_cls=args.exclude_special_tokens and texts is None,
+        )
+        profile.model_name = name_or_path
+        profile.dataset = source_name
+        profiles[label] = profile
+        del model
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = args.out / "profile.json", args.out / "profile.png"
+    json_path.write_text(json.dumps({label: p.to_dict() for label, p in profiles.items()}, indent=2) + "\n")
+    plot_profiles(profiles, png_path, title=f"over-smoothing on {source_name}")
+    print(format_table(profiles))
+    print(f"wrote {json_path} and {png_path}")
+
+
+def _labels(models: Sequence[str], labels: Sequence[str] | None) -> list[str]:
+    if labels is not None:
+        if len(labels) != len(models):
+            raise DiagnoseInputError(f"--labels got {len(labels)} labels for {len(models)} models")
+        if len(set(labels)) != len(labels):
+            raise DiagnoseInputError(f"--labels must be distinct, got {list(labels)}")
+        return list(labels)
+    names = [_default_label(model) for model in models]
+    # The same model twice (or two folders with the same parent/name) keeps its full path.
+    return [name if names.count(name) == 1 else model for name, model in zip(names, models, strict=True)]
+
+
+def _default_label(name_or_path: str) -> str:
+    """A hub id as given; for a local folder its last two path parts, like a hub id ("runs/centered")."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return name_or_path
+    return "/".join(path.resolve().parts[-2:])
+
+
+def _load_inputs(args: argparse.Namespace) -> tuple[list[str] | None, np.ndarray | None, str]:
+    """(texts, None, name) or (None, images [N, H, W] in [0, 1], name), at most --max-sequences of them."""
+    if args.text_file is not None:
+        if not args.text_file.is_file():
+            raise DiagnoseInputError(f"--text-file {args.text_file} does not exist")
+        texts = [line.strip() for line in args.text_file.read_text().splitlines() if line.strip()]
+        if not texts:
+            raise DiagnoseInputError(f"--text-file {args.text_file} has no non-empty line")
+        return texts[: args.max_sequences], None, args.text_file.name
+    if args.dataset == "rotten_tomatoes":
+        texts, _, _ = rotten_tomatoes()
+        return _spread(texts, args.max_sequences), None, args.dataset
+    if args.dataset == "digits":
+        images, _ = digits()
+        return None, np.stack(_spread(list(images / DIGITS_MAX_VALUE), args.max_sequences)), args.dataset
+    known = ", ".join(TEXT_DATASETS + IMAGE_DATASETS)
+    raise DiagnoseInputError(f"unknown dataset {args.dataset!r}; built-in datasets: {known} (or use --text-file)")
+
+
+def _spread(items: list[Any], count: int) -> list[Any]:
+    """``count`` items evenly spaced over the list, so that a small sample is not all from its first rows."""
+    if count >= len(items):
+        return items
+    return [items[index * len(items) // count] for index in range(count)]
+
+
+def _load(auto_class: Any, name_or_path: str, trust_remote_code: bool) -> Any:
+    """``auto_class.from_pretrained``, with load failures turned into one-line input errors."""
+    # Loading a task checkpoint into AutoModel lists every unused head weight; that is expected here.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        # An explicit False (not None) makes custom code fail at once instead of prompting on a terminal.
+        return auto_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise DiagnoseInputError(
+                f"model {name_or_path!r} contains custom code; rerun with --trust-remote-code to allow it"
+            ) from error
+        raise DiagnoseInputError(f"cannot load model {name_or_path!r}: {_first_line(error)}") from error
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _is_image_model(config: Any) -> bool:
+    return hasattr(config, "image_size") and hasattr(config, "num_channels")
+
+
+def _check_modality(name_or_path: str, config: Any, inputs_are_text: bool) -> None:
+    if inputs_are_text and _is_image_model(config):
+        raise DiagnoseInputError(
+            f"model {name_or_path!r} ({config.model_type}) takes images but the inputs are texts; "
+            f"use --dataset {IMAGE_DATASETS[0]}"
+        )
+    if not inputs_are_text and not _is_image_model(config):
+        raise DiagnoseInputError(
+            f"model {name_or_path!r} ({config.model_type}) takes text but the inputs are images; "
+            f"use --dataset {TEXT_DATASETS[0]} or --text-file"
+        )
+
+
+def _text_batches(name_or_path: str, texts: list[str], args: argparse.Namespace) -> list[Any]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise DiagnoseInputError(f"no usable tokenizer saved with {name_or_path!r}: {_first_line(error)}") from error
+    if tokenizer.pad_token is None:
+        # GPT-2-style tokenizers have no pad token; any id works because the attention mask hides it.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return [
+        tokenizer(
+            texts[start : start + args.batch_size],
+            padding=True,
+            truncation=True,
+            max_length=args.max_length,
+            return_tensors="pt",
+            return_special_tokens_mask=args.exclude_special_tokens,
+        )
+        for start in range(0, len(texts), args.batch_size)
+    ]
+
+
+def _image_batches(
+    config: Any, name_or_path: str, images: np.ndarray, batch_size: int, trust_remote_code: bool
+) -> list[dict[str, torch.Tensor]]:
+    channels = int(config.num_channels)
+    pixel_values = _pixel_values_from_processor(name_or_path, images, channels, trust_remote_code)
+    if pixel_values is None:
+        size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)
+        resized = torch.nn.functional.interpolate(
+            torch.as_tensor(images, dtype=torch.float32).unsqueeze(1), size=size, mode="bilinear", align_corners=False
+        )
+        pixel_values = (resized.repeat(1, channels, 1, 1) - FALLBACK_IMAGE_MEAN) / FALLBACK_IMAGE_STD
+    return [
+        {"pixel_values": pixel_values[start : start + batch_size]} for start in range(0, len(pixel_values), batch_size)
+    ]
+
+
+def _pixel_values_from_processor(
+    name_or_path: str, images: np.ndarray, channels: int, trust_remote_code: bool
+) -> torch.Tensor | None:
+    """Pixel values from the model's saved image processor, or None when it has none."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    # Processors expect 8-bit images with the channels last.
+    as_uint8 = np.round(images * 255).clip(0, 255).astype(np.uint8)
+    channels_last = np.repeat(as_uint8[..., None], channels, axis=-1)
+    return processor(images=list(channels_last), return_tensors="pt")["pixel_values"]
+
+
+def format_table(profiles: dict[str, Profile], metrics: Sequence[str] = TABLE_METRICS) -> str:
+    """Plain-text tables, one per metric: a row per layer, a column per model (blank past a model's last layer)."""
+    labels = list(profiles)
+    width = max(9, *(len(label) for label in labels))
+    num_rows = max(profile.num_layers for profile in profiles.values()) + 1
+    blocks = []
+    for metric in metrics:
+        lines = [METRIC_TITLES.get(metric, metric), "layer  " + "  ".join(f"{label:>{width}}" for label in labels)]
+        for layer in range(num_rows):
+            cells = [
+                f"{p.metrics[metric][layer]:>{width}.4f}" if layer <= p.num_layers else " " * width
+                for p in profiles.values()
+            ]
+            lines.append(f"{layer:>5}  " + "  ".join(cells))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m hf_centered.diagnose_cli diagnose ...``."""
+    parser = argparse.ArgumentParser(prog="python -m hf_centered.diagnose_cli")
+    add_diagnose_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
