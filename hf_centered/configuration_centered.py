@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,7 +17,8 @@ logger = logging.get_logger(__name__)
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (bools, NaN and ±inf are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _allowed(names) -> str:
@@ -91,6 +93,11 @@ class CorrectionConfigMixin:
         if NO_CORRECTION in names and len(names) > 1:
             raise ValueError(f"correction={self.correction!r} combines {NO_CORRECTION!r} with other corrections.")
         if self.correction_layers is not None:
+            if not isinstance(self.correction_layers, (list, tuple)):
+                raise ValueError(
+                    f"correction_layers={self.correction_layers!r} is not valid: allowed values are a list of layer "
+                    f"indices 0..{self.num_hidden_layers - 1} or None for all."
+                )
             layers = list(self.correction_layers)
             bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int)]
             bad += [i for i in layers if i not in bad and not 0 <= i < self.num_hidden_layers]
@@ -104,9 +111,11 @@ class CorrectionConfigMixin:
         for field in ("centered_scale", "neutreno_lambda", "contranorm_scale", "dgn_lambda"):
             value = getattr(self, field)
             if not _is_number(value) or not value >= 0:
-                raise ValueError(f"{field}={value!r} is not valid: allowed values are numbers >= 0.")
+                raise ValueError(f"{field}={value!r} is not valid: allowed values are finite numbers >= 0.")
         if not _is_number(self.contranorm_tau) or not self.contranorm_tau > 0:
-            raise ValueError(f"contranorm_tau={self.contranorm_tau!r} is not valid: allowed values are numbers > 0.")
+            raise ValueError(
+                f"contranorm_tau={self.contranorm_tau!r} is not valid: allowed values are finite numbers > 0."
+            )
         if not isinstance(self.dgn_groups, int) or isinstance(self.dgn_groups, bool) or self.dgn_groups < 1:
             raise ValueError(f"dgn_groups={self.dgn_groups!r} is not valid: allowed values are integers >= 1.")
         if not _is_number(self.dgn_momentum) or not 0 <= self.dgn_momentum <= 1:

@@ -57,6 +57,51 @@ def test_vit_matches_explicit_formula(methods, implementation, training):
     assert (actual - expected).abs().max() < 2e-5
 
 
+def _gradients(output: torch.Tensor, weights: torch.Tensor, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    parameters = dict(model.named_parameters())
+    grads = torch.autograd.grad((output * weights).sum(), list(parameters.values()), allow_unused=True)
+    return {name: grad for name, grad in zip(parameters, grads, strict=True) if grad is not None}
+
+
+@pytest.mark.parametrize("architecture", ["bert", "vit"])
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_gradients_match_explicit_formula(methods, architecture, training):
+    """Every layer corrected (layer 0 too); V⁰ must not be detached, DGN's batch statistics are differentiated."""
+    if architecture == "bert":
+        model, inputs = CenteredBertModel(bert_config(correction=methods)), bert_inputs()
+        real = inputs["attention_mask"].bool()
+
+        def reference():
+            return bert_forward(model, inputs["input_ids"], inputs["attention_mask"])
+    else:
+        model, inputs = CenteredViTModel(vit_config(correction=methods), add_pooling_layer=False), vit_inputs()
+        real = None
+
+        def reference():
+            return vit_forward(model, inputs["pixel_values"])
+
+    _randomise_new_parameters(model)
+    model.train(training)
+    expected_output = reference()
+    weights = torch.randn(expected_output.shape, generator=torch.Generator().manual_seed(2))
+    if real is not None:  # padded positions carry no loss
+        weights = weights * real[..., None]
+    expected = _gradients(expected_output, weights, model)
+    actual = _gradients(model(**inputs).last_hidden_state, weights, model)
+    assert actual.keys() == expected.keys()
+    if "neutreno" in methods:  # V⁰ feeds every later layer, so its projection gets NeuTRENO's gradient too
+        first_value = (
+            "encoder.layer.0.attention.self.value.weight"
+            if architecture == "bert"
+            else "layers.0.attention.v_proj.weight"
+        )
+        assert first_value in actual
+    for name in expected:  # float32 noise scales with the tensor (key biases have an exact gradient of 0)
+        deviation = (actual[name] - expected[name]).abs().max()
+        assert deviation <= 1e-5 * expected[name].abs().max() + 1e-6, (name, float(deviation))
+
+
 @pytest.mark.parametrize("fusion", [name for name in FUSIONS if name != "none"])
 @pytest.mark.parametrize("family", ["bert", "vit"])
 def test_fusion_matches_explicit_formula(fusion, family):
