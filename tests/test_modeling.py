@@ -155,38 +155,43 @@ def test_all_padding_row_and_bf16_are_finite(implementation, dtype):
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
-def test_hidden_states_are_the_raw_layers(fusion):
-    model = CenteredBertModel(bert_config(correction="dgn", fusion=fusion)).eval()
-    inputs = bert_inputs()
+@pytest.mark.parametrize("architecture", ["bert", "vit"])
+def test_hidden_states_are_the_raw_layers(fusion, architecture):
+    """Every fusion leaves `hidden_states` as the unfused model's layers; only `last_hidden_state` is fused."""
+    if architecture == "bert":
+        model_class, config, inputs = CenteredBertModel, bert_config, bert_inputs()
+    else:
+        model_class, config, inputs = CenteredViTModel, vit_config, vit_inputs()
+    torch.manual_seed(0)
+    model = model_class(config(correction="dgn", fusion=fusion)).eval()
+    unfused = model_class(config(correction="dgn")).eval()
+    unfused.load_state_dict(model.state_dict(), strict=False)  # the same weights, no fusion parameters
     with torch.no_grad():
         output = model(**inputs, output_hidden_states=True)
+        expected = unfused(**inputs, output_hidden_states=True)
     assert len(output.hidden_states) == model.config.num_hidden_layers + 1
-    torch.testing.assert_close(output.hidden_states[0], model.embeddings(input_ids=inputs["input_ids"]))
-    fused_differs = not torch.equal(output.hidden_states[-1], output.last_hidden_state)
+    for layer, (actual, reference) in enumerate(zip(output.hidden_states, expected.hidden_states, strict=True)):
+        torch.testing.assert_close(actual, reference, msg=f"hidden_states[{layer}]")
+    fused_differs = not torch.equal(output.last_hidden_state, expected.last_hidden_state)
     assert fused_differs == (fusion not in ("none", "concat"))  # concat starts as "select the last layer"
-    vit = CenteredViTModel(vit_config(correction="dgn", fusion=fusion)).eval()
-    with torch.no_grad():
-        vit_output = vit(**vit_inputs(), output_hidden_states=True)
-    assert len(vit_output.hidden_states) == vit.config.num_hidden_layers + 1
-    if fusion in ("none", "concat"):  # the ViT fusions see the final-normed layers
-        torch.testing.assert_close(vit.layernorm(vit_output.hidden_states[-1]), vit_output.last_hidden_state)
 
 
-def test_fusion_initialisation_preserves_the_pretrained_output():
+@pytest.mark.parametrize(("fusion", "tolerance"), [("concat", 1e-6), ("gate", 0.05)])
+def test_fusion_initialisation_preserves_the_pretrained_output(tmp_path, fusion, tolerance):
+    """Loading a pretrained checkpoint with a new fusion initialises it (`_init_weights`) to keep the output."""
     base = CenteredBertModel(bert_config(correction="none")).eval()
+    base.save_pretrained(tmp_path)
     inputs = bert_inputs()
+    fused = CenteredBertModel.from_pretrained(tmp_path, fusion=fusion).eval()
     with torch.no_grad():
-        reference = base(**inputs).last_hidden_state
-        for fusion, tolerance in [("concat", 1e-6), ("gate", 0.05)]:
-            fused = CenteredBertModel(bert_config(correction="none", fusion=fusion)).eval()
-            fused.load_state_dict(base.state_dict(), strict=False)
-            fused.encoder.fusion.reset_parameters()
-            diff = max_real_token_diff(fused(**inputs).last_hidden_state, reference, inputs["attention_mask"])
-            assert diff <= tolerance, fusion
-        gate = fused.encoder.fusion
-        outputs = base(**inputs, output_hidden_states=True).hidden_states[1:]
-        weights = gate.layer_weights(torch.stack(list(outputs)))
-        torch.testing.assert_close(weights[-1], torch.full_like(weights[-1], 0.99))
+        reference = base(**inputs, output_hidden_states=True)
+        diff = max_real_token_diff(
+            fused(**inputs).last_hidden_state, reference.last_hidden_state, inputs["attention_mask"]
+        )
+        assert diff <= tolerance
+        if fusion == "gate":  # the last layer starts at weight 0.99
+            weights = fused.encoder.fusion.layer_weights(torch.stack(list(reference.hidden_states[1:])))
+            torch.testing.assert_close(weights[-1], torch.full_like(weights[-1], 0.99))
 
 
 @pytest.mark.parametrize("architecture", ["bert", "vit"])
