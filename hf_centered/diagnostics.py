@@ -638,7 +638,10 @@ def plot_profiles(
         axis.set_title(METRIC_TITLES[metric])
         axis.set_xlabel("layer (0 = embeddings)")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    if len(profiles) > 1:
+        axes[0].legend(fontsize="small")
+    elif title is None:  # one curve: its label is the title (a legend box would cover the first panel)
+        title = labels[0]
     if title:
         figure.suptitle(title)
     figure.savefig(path, format="png", dpi=120)

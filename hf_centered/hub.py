@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -88,8 +89,10 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
     if processor is not None:
         processor.save_pretrained(out_dir)
     if profile is not None:
+        # The card's name, not a local path the profile may carry, labels what gets published.
+        profile = dataclasses.replace(profile, model_name=card_fields.get("model_name") or out_dir.name)
         profile.save_json(out_dir / "oversmoothing_profile.json")
-        profile.plot(out_dir / PROFILE_IMAGE, title=f"over-smoothing profile of {out_dir.name}")
+        profile.plot(out_dir / PROFILE_IMAGE, title=f"over-smoothing profile of {profile.model_name}")
     build_model_card(model, out_dir, profile=profile, **card_fields).save(out_dir / "README.md")
     return out_dir
 

@@ -297,17 +297,29 @@ def test_profile_of_gpt2_with_left_padding():
     for row, sequence in enumerate(sequences):
         input_ids[row, 6 - len(sequence) :] = sequence
         attention_mask[row, 6 - len(sequence) :] = 1
-    profile = oversmoothing_profile(model, [{"input_ids": input_ids, "attention_mask": attention_mask}])
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    profile = oversmoothing_profile(model, [batch])
     assert profile.num_layers == 2 and profile.num_sequences == 2
-    assert all(math.isfinite(value) for name in METRICS for value in profile.metrics[name])
+    assert_profile_matches_naive(profile, model, batch, rel=1e-4)
 
 
-def test_bf16_model_gives_finite_results():
+def assert_profile_matches_naive(profile: Profile, model, batch: dict[str, torch.Tensor], rel: float) -> None:
+    """Every layer's metrics equal the mean over sequences of `naive_metrics` on the real tokens, in float64."""
+    with torch.no_grad():
+        hidden_states = model(**batch, output_hidden_states=True).hidden_states
+    real = batch["attention_mask"].bool()
+    for layer, hidden in enumerate(hidden_states):
+        per_sequence = [naive_metrics(hidden[row][real[row]].double().numpy()) for row in range(len(hidden))]
+        for name in METRICS:
+            expected = float(np.mean([values[name] for values in per_sequence]))
+            assert profile.metrics[name][layer] == pytest.approx(expected, rel=rel, abs=1e-6), (layer, name)
+
+
+def test_bf16_model_is_measured_in_full_precision():
     model = tiny_bert().to(torch.bfloat16)
-    profile = oversmoothing_profile(model, [padded_batch(token_sequences([7, 4, 9]))])
-    for name in METRICS:
-        assert all(math.isfinite(value) for value in profile.metrics[name]), name
-    assert all(value >= 1 for value in profile.metrics["effective_rank"])
+    batch = padded_batch(token_sequences([7, 4, 9]))
+    profile = oversmoothing_profile(model, [batch])
+    assert_profile_matches_naive(profile, model, batch, rel=1e-4)  # bf16 maths would be off by ~1e-2
 
 
 def test_dataset_and_dataloader_inputs():
@@ -412,7 +424,6 @@ def test_plot_profiles_compares_models(tmp_path, two_profiles):
     assert_png(tmp_path / "dict.png")
     with pytest.raises(ValueError, match="labels"):
         plot_profiles(list(two_profiles), tmp_path / "bad.png", labels=["only one"])
-    assert len(MAIN_METRICS) == 3
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -561,3 +572,33 @@ def test_cli_bad_input_exits_with_2(tmp_path, capsys):
         # Other stderr lines are transformers' progress bars when a model gets loaded.
         errors = [line for line in capsys.readouterr().err.splitlines() if "hf-centered diagnose: error:" in line]
         assert len(errors) == 1 and message in errors[0], errors
+
+
+@pytest.mark.parametrize("trust_remote_code", [False, True])
+def test_cli_text_file_on_an_exported_checkpoint(tmp_path, trust_remote_code):
+    """Our Hub export, read with its own tokenizer from a text file, with or without --trust-remote-code."""
+    from transformers import AutoModel, BertTokenizer
+
+    from hf_centered import CenteredBertConfig, CenteredBertForSequenceClassification, export_for_hub
+
+    words = ["good", "bad", "plot", "film", "slow", "fun", "actor", "the"]
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    config = CenteredBertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        correction=["centered", "contranorm"], fusion="gate",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    tokenizer = BertTokenizer(vocab=vocab)
+    folder = export_for_hub(CenteredBertForSequenceClassification(config), tmp_path / "exported", tokenizer)
+    texts = ["good film", "the plot is slow", "fun actor fun film", "bad"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n\n")
+    out = tmp_path / "out"
+    argv = ["diagnose", str(folder), "--text-file", str(tmp_path / "texts.txt"), "--batch-size", "3", "--out", str(out)]
+    assert diagnose_main(argv + (["--trust-remote-code"] if trust_remote_code else [])) == 0
+
+    (profile,) = json.loads((out / "profile.json").read_text()).values()
+    assert profile["num_sequences"] == 4 and profile["num_layers"] == 2
+    model = AutoModel.from_pretrained(folder).eval()
+    assert_profile_matches_naive(
+        Profile.from_dict(profile), model, dict(tokenizer(texts, padding=True, return_tensors="pt")), rel=1e-4
+    )

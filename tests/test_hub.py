@@ -202,3 +202,18 @@ def test_model_card_carries_the_oversmoothing_profile(tmp_path):
     assert "## Over-smoothing profile" in text and "over 6 sequences" in text
     assert "![over-smoothing profile](oversmoothing_profile.png)" in text
     assert f"{profile['cosine_similarity'][-1]:.3f}" in text
+
+
+def test_model_card_takes_a_computed_profile(tmp_path):
+    from hf_centered.diagnostics import oversmoothing_profile
+
+    model = CenteredBertForSequenceClassification(bert_config(correction="centered", fusion="max"))
+    profile = oversmoothing_profile(model, [bert_inputs(), bert_inputs(seed=2)])
+    profile.model_name = "/home/someone/checkpoints/local"  # a local path must not be published
+    folder = export_for_hub(model, tmp_path / "given", profile=profile, model_name="tiny-centered")
+    saved = json.loads((folder / "oversmoothing_profile.json").read_text())
+    assert saved == {**json.loads(json.dumps(profile.to_dict())), "model_name": "tiny-centered"}
+    assert profile.model_name == "/home/someone/checkpoints/local"  # the caller's profile is left alone
+    text = ModelCard.load(folder / "README.md").text
+    assert "over 6 sequences" in text and f"{profile['effective_rank'][-1]:.3f}" in text
+    assert (folder / "oversmoothing_profile.png").read_bytes().startswith(b"\x89PNG")

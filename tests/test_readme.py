@@ -13,9 +13,11 @@ def test_quick_start_has_exactly_two_commands_backed_by_the_makefile():
     readme = (ROOT / "README.md").read_text()
     quick_start = readme.split("## Quick start", 1)[1].split("##", 1)[0]
     commands = re.findall(r"^(make \w+)", quick_start.split("```bash", 1)[1].split("```", 1)[0], flags=re.M)
-    assert commands == ["make demo", "make test"]
+    assert commands == ["make finetune", "make test"]
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo: install$", makefile, flags=re.M) and re.search(r"^test: install", makefile, flags=re.M)
+    assert re.search(r"^finetune: install$", makefile, flags=re.M)
+    assert re.search(r"^test: install", makefile, flags=re.M)
+    assert re.search(r"^\tHF_HUB_OFFLINE=1 \$\(PYTHON\) finetune.py$", makefile, flags=re.M)  # the embedded default
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 

@@ -1,0 +1,393 @@
+"""hf_centered.finetuning: tiny end-to-end runs, configuration parsing, LoRA, DDP, resume, push, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import HfApi
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel, BertTokenizer, Trainer, TrainerCallback
+
+from hf_centered import CenteredBertForSequenceClassification, finetuning
+from hf_centered.data import rotten_tomatoes
+from hf_centered.finetuning import EMBEDDED_DEFAULT, main, parse_arguments, split_indices
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+ACCELERATE_FILES = sorted((REPO_ROOT / "configs" / "accelerate").glob("*.yaml"))
+WORDS = [
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "fine",
+    "boring",
+    "fun",
+    "dull",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "the",
+    "is",
+]
+TINY_VIT = {
+    "image_size": 8,
+    "patch_size": 4,
+    "num_channels": 1,
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 20,
+}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> SimpleNamespace:
+    """A tiny pretrained BERT with its tokenizer, and small csv files with class names as labels."""
+    root = tmp_path_factory.mktemp("finetune_assets")
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,  # dropout draws differ between processes; the DDP comparison needs none
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root / "tiny_bert")
+    BertTokenizer(vocab=vocab).save_pretrained(root / "tiny_bert")
+    generator = torch.Generator().manual_seed(0)
+    for name, rows in (("train.csv", 40), ("validation.csv", 12)):
+        with open(root / name, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["sentence", "sentiment"])
+            for _ in range(rows):
+                label = int(torch.randint(2, (1,), generator=generator))
+                words = [WORDS[int(i)] for i in torch.randint(len(WORDS), (6,), generator=generator)]
+                writer.writerow([" ".join(words) + (" good" if label else " bad"), ["neg", "pos"][label]])
+    return SimpleNamespace(root=root, model=root / "tiny_bert", train=root / "train.csv", val=root / "validation.csv")
+
+
+def text_argv(assets, output_dir: Path, *extra: str) -> list[str]:
+    """A short csv run of the tiny BERT; `extra` overrides any of it."""
+    return [
+        "--model_name_or_path", str(assets.model),
+        "--train_file", str(assets.train),
+        "--validation_file", str(assets.val),
+        "--text_column", "sentence",
+        "--label_column", "sentiment",
+        "--output_dir", str(output_dir),
+        "--max_steps", "3",
+        "--per_device_train_batch_size", "4",
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def logged_losses(output_dir: Path, key: str = "loss") -> list[float]:
+    """The per-step training `loss` (or `grad_norm`) that the Trainer logged."""
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [entry[key] for entry in state["log_history"] if "loss" in entry]
+
+
+def assert_same_weights(folder_a: Path, folder_b: Path, atol: float) -> None:
+    weights_a, weights_b = load_file(folder_a / "model.safetensors"), load_file(folder_b / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        torch.testing.assert_close(weights_a[name], weights_b[name], atol=atol, rtol=0, msg=name)
+
+
+def test_csv_run_ends_as_a_hub_ready_checkpoint(assets, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    metrics = main(text_argv(assets, output_dir, "--correction", "centered", "neutreno", "--fusion", "gate"))
+    assert 0 <= metrics["eval_accuracy"] <= 1 and "eval_f1_macro" in metrics
+    assert "eval accuracy" in capsys.readouterr().out
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["correction"] == ["centered", "neutreno"] and config["fusion"] == "gate"
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    assert {"AutoConfig", "AutoModelForSequenceClassification"} <= set(config["auto_map"])
+    assert (output_dir / "model.safetensors").is_file() and (output_dir / "tokenizer.json").is_file()
+    assert not list(output_dir.glob("checkpoint-*"))
+    card = (output_dir / "README.md").read_text()
+    assert "accuracy" in card and f"{metrics['eval_accuracy']:.4f}" in card and "learning_rate" in card
+    assert "| lr_scheduler_type | linear |" in card  # enum values, not their Python repr
+    reloaded = CenteredBertForSequenceClassification.from_pretrained(output_dir).eval()
+    assert reloaded.config.num_labels == 2
+
+    # the card's over-smoothing profile is the trained model's, on the held-out texts
+    assert "Over-smoothing profile" in card and (output_dir / "oversmoothing_profile.png").is_file()
+    profile = json.loads((output_dir / "oversmoothing_profile.json").read_text())
+    assert profile["num_sequences"] == 12 and len(profile["cosine_similarity"]) == 3
+    tokenizer = BertTokenizer.from_pretrained(output_dir)
+    with open(assets.val, newline="") as handle:
+        texts = [row["sentence"] for row in csv.DictReader(handle)]
+    similarities = []
+    with torch.no_grad():
+        for text in texts:
+            tokens = reloaded(**tokenizer(text, return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0]
+            pairwise = torch.nn.functional.cosine_similarity(tokens[:, None], tokens[None], dim=-1)
+            n = len(tokens)
+            similarities.append(float(pairwise[~torch.eye(n, dtype=torch.bool)].mean()))
+    assert profile["cosine_similarity"][-1] == pytest.approx(sum(similarities) / len(similarities), abs=1e-5)
+
+
+def test_builtin_rotten_tomatoes_split_by_movie(assets, tmp_path, capsys):
+    _, labels, movies = rotten_tomatoes()
+    train_idx, eval_idx = split_indices(labels, 0.2, seed=3, groups=movies)
+    assert not {movies[i] for i in train_idx} & {movies[i] for i in eval_idx}
+    again_train, _ = split_indices(labels, 0.2, seed=3, groups=movies)
+    assert list(train_idx) == list(again_train)
+
+    output_dir = tmp_path / "rt"
+    argv = ["--model_name_or_path", str(assets.model), "--dataset_name", "rotten_tomatoes", "--max_steps", "2"]
+    argv += ["--max_train_samples", "16", "--max_eval_samples", "8", "--output_dir", str(output_dir)]
+    main(argv)
+    assert "(8 examples)" in capsys.readouterr().out
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "rotten", "1": "fresh"} and config["correction"] == "centered"
+
+
+def test_digits_vit_from_scratch(tmp_path):
+    output_dir = tmp_path / "vit"
+    argv = ["--dataset_name", "digits", "--architecture", json.dumps(TINY_VIT), "--correction", "dgn"]
+    argv += ["--max_steps", "3", "--per_device_train_batch_size", "8", "--max_eval_samples", "40"]
+    argv += ["--output_dir", str(output_dir), "--learning_rate", "1e-3"]
+    args = parse_arguments(argv)
+    config, modality, source = finetuning.resolve_base_config(args)
+    data = finetuning.load_classification_data(args, config, modality, None)
+    pixels = data.train[0]["pixel_values"]
+    assert modality == "image" and source is None
+    assert pixels.shape == (1, 8, 8) and pixels.min() >= 0 and pixels.max() <= 1 and len(data.evaluation) == 40
+
+    metrics = main(argv)
+    assert "eval_accuracy" in metrics
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["model_type"] == "centered_vit" and len(config["id2label"]) == 10 and config["num_hidden_layers"] == 2
+    assert (output_dir / "preprocessor_config.json").is_file()
+    profile = json.loads((output_dir / "oversmoothing_profile.json").read_text())
+    assert profile["num_sequences"] == 40 and len(profile["effective_rank"]) == 3
+
+
+def test_yaml_then_command_line_overrides(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {"dataset_name": "bbc_news", "max_steps": 7, "learning_rate": 1e-4, "correction": ["centered", "dgn"]}
+        )
+    )
+    args = parse_arguments(["--config", str(config_file), "--max_steps", "2", "--output_dir", str(tmp_path / "o")])
+    assert args.training.max_steps == 2  # the command line wins
+    assert args.training.learning_rate == 1e-4 and args.correction.correction == ["centered", "dgn"]
+    assert args.data.dataset_name == "bbc_news" and args.data.max_train_samples is None  # no embedded default
+
+
+def test_unknown_yaml_keys_are_named(tmp_path):
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump({"dataset_name": "digits", "learnin_rate": 1.0, "colour": "red"}))
+    with pytest.raises(SystemExit, match=r"unknown key\(s\) in .*bad.yaml: colour, learnin_rate"):
+        parse_arguments(["--config", str(config_file)])
+
+
+@pytest.mark.parametrize("config_file", CONFIG_FILES, ids=lambda path: path.name)
+def test_every_config_parses(config_file, tmp_path):
+    args = parse_arguments(["--config", str(config_file), "--output_dir", str(tmp_path)])
+    assert args.training.output_dir == str(tmp_path)
+    finetuning.validate_arguments(args)
+    if args.model.architecture is not None:  # the from-scratch configurations must build a valid model config
+        config, modality, _ = finetuning.resolve_base_config(args)
+        assert modality == "image" and config.num_hidden_layers >= 4
+
+
+def test_default_yaml_is_the_embedded_default():
+    assert yaml.safe_load((REPO_ROOT / "configs" / "default.yaml").read_text()) == EMBEDDED_DEFAULT
+    assert {path.stem for path in CONFIG_FILES} >= {
+        "default", "lora", "vit4-digits", "vit8-digits", "vit16-digits", "text-none", "text-centered",
+        "text-neutreno", "text-contranorm", "text-dgn", "text-gate-fusion", "text-centered+gate",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("config_file", ACCELERATE_FILES, ids=lambda path: path.name)
+def test_accelerate_configs_load(config_file):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(config_file))
+    if config.fsdp_config:
+        wrapped = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+        assert wrapped in ("CenteredBertLayer", "CenteredViTLayer")
+        module = "modeling_centered_bert" if "Bert" in wrapped else "modeling_centered_vit"
+        assert hasattr(__import__(f"hf_centered.{module}", fromlist=[wrapped]), wrapped)
+
+
+def test_lora_adapter_and_merged_export(assets, tmp_path):
+    from peft import PeftModel
+
+    output_dir = tmp_path / "lora"
+    argv = text_argv(assets, output_dir, "--use_lora", "--merge_lora", "--correction", "centered", "dgn")
+    main([*argv, "--fusion", "gate", "--learning_rate", "5e-3"])
+    adapter_config = json.loads((output_dir / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter_config["target_modules"]) == ["query", "value"]
+    assert {"dgn", "fusion", "classifier"} <= set(adapter_config["modules_to_save"])
+
+    merged = CenteredBertForSequenceClassification.from_pretrained(output_dir).eval()
+    base = CenteredBertForSequenceClassification.from_pretrained(
+        assets.model, correction=["centered", "dgn"], fusion="gate", num_labels=2
+    )
+    adapted = PeftModel.from_pretrained(base, output_dir / "adapter").eval()
+    inputs = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, adapted(**inputs).logits, atol=1e-5, rtol=1e-4)
+    assert (output_dir / "README.md").is_file() and (output_dir / "tokenizer.json").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_match_one_with_the_same_global_batch(assets, tmp_path, launcher):
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    main(text_argv(assets, single_dir, "--per_device_train_batch_size", "4", "--max_steps", "4"))
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        command += ["--master_port", str(_free_port())]
+    else:  # the shipped DDP configuration (2 processes); without GPUs accelerate runs it on CPU with gloo
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+        command += [str(REPO_ROOT / "configs" / "accelerate" / "ddp.yaml"), "--main_process_port", str(_free_port())]
+    command += [str(REPO_ROOT / "finetune.py")]
+    command += text_argv(assets, ddp_dir, "--per_device_train_batch_size", "2", "--max_steps", "4")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    single_losses, ddp_losses = logged_losses(single_dir), logged_losses(ddp_dir)
+    assert len(single_losses) == len(ddp_losses) == 4
+    assert ddp_losses == pytest.approx(single_losses, abs=1e-5)
+    # gradients are averaged, not summed, over processes (accepts_loss_kwargs=False)
+    assert logged_losses(ddp_dir, "grad_norm") == pytest.approx(logged_losses(single_dir, "grad_norm"), rel=1e-4)
+    assert_same_weights(single_dir, ddp_dir, atol=1e-5)
+
+
+class SimulatedKill(Exception):
+    """Raised by a callback right after a checkpoint is written, as if the job were killed there."""
+
+
+class KillAfterSave(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise SimulatedKill
+
+
+def test_resumed_run_equals_the_uninterrupted_run(assets, tmp_path):
+    plain_dir, killed_dir = tmp_path / "plain", tmp_path / "killed"
+    steps = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+    main(text_argv(assets, plain_dir, *steps))
+    with pytest.raises(SimulatedKill):
+        main(text_argv(assets, killed_dir, *steps), callbacks=[KillAfterSave(step=2)])
+    assert (killed_dir / "checkpoint-2").is_dir() and not (killed_dir / "model.safetensors").exists()
+
+    main(text_argv(assets, killed_dir, *steps, "--resume_from_checkpoint", str(killed_dir / "checkpoint-2")))
+    assert_same_weights(plain_dir, killed_dir, atol=1e-7)
+    assert logged_losses(killed_dir) == pytest.approx(logged_losses(plain_dir), abs=1e-7)
+
+    # `last` picks the newest checkpoint of output_dir itself
+    relaunched_dir = tmp_path / "relaunched"
+    with pytest.raises(SimulatedKill):
+        main(text_argv(assets, relaunched_dir, *steps), callbacks=[KillAfterSave(step=2)])
+    main(text_argv(assets, relaunched_dir, *steps, "--resume_from_checkpoint", "last"))
+    assert_same_weights(plain_dir, relaunched_dir, atol=1e-7)
+
+
+def test_push_to_hub_uploads_the_export(assets, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    output_dir = tmp_path / "pushed"
+    main(text_argv(assets, output_dir, "--push_to_hub", "--hub_model_id", "org/tiny-centered"))
+    assert calls[0] == ("create", "org/tiny-centered")
+    assert calls[1][1]["repo_id"] == "org/tiny-centered" and calls[1][1]["folder_path"] == str(output_dir)
+    assert "org/tiny-centered" in (output_dir / "README.md").read_text()
+
+
+def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "sentiment")) -> Path:
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_file", r"data file .*nowhere.csv does not exist"),
+        ("unreadable_file", r"cannot read the data files"),
+        ("unknown_dataset", r"unknown dataset 'no_such_dataset_xyz'"),
+        ("missing_column", r"column\(s\) \['sentiment'\] not found .*columns are \['sentence', 'label'\]"),
+        ("label_out_of_range", r"label value\(s\) \[5\] lie outside 0..1 \(num_labels=2\)"),
+        ("unknown_correction", r"unknown correction\(s\) \['centred'\]"),
+        ("negative_profile_sequences", r"profile_sequences=-1 must be >= 0"),
+        ("missing_checkpoint", r"resume_from_checkpoint='last': no such checkpoint folder"),
+        ("foreign_output_dir", r"is not empty and holds no fine-tuning run; pass --overwrite"),
+        ("different_run", r"holds a run with a different configuration \(learning_rate\)"),
+    ],
+)
+def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, message):
+    def training_must_not_start(*args, **kwargs):
+        raise AssertionError("training started despite bad input")
+
+    output_dir = tmp_path / "out"
+    argv = text_argv(assets, output_dir)
+    if case == "missing_file":
+        argv += ["--train_file", str(tmp_path / "nowhere.csv")]
+    elif case == "unreadable_file":
+        (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
+        argv += [
+            "--train_file",
+            str(tmp_path / "broken.parquet"),
+            "--validation_file",
+            str(tmp_path / "broken.parquet"),
+        ]
+    elif case == "unknown_dataset":
+        argv = [arg for arg in argv if arg not in ("--train_file", str(assets.train))]
+        argv += ["--dataset_name", "no_such_dataset_xyz"]
+    elif case == "missing_column":
+        bad = _write_csv(tmp_path / "bad.csv", [("good film", 1)], header=("sentence", "label"))
+        argv += ["--train_file", str(bad), "--validation_file", str(bad)]
+    elif case == "label_out_of_range":
+        bad = _write_csv(tmp_path / "bad.csv", [("good film", 1), ("bad film", 0), ("odd", 5)])
+        argv += ["--train_file", str(bad), "--validation_file", str(bad), "--num_labels", "2"]
+    elif case == "unknown_correction":
+        argv += ["--correction", "centred"]
+    elif case == "negative_profile_sequences":
+        argv += ["--profile_sequences", "-1"]
+    elif case == "missing_checkpoint":
+        argv += ["--resume_from_checkpoint", "last"]
+    elif case == "foreign_output_dir":
+        output_dir.mkdir()
+        (output_dir / "notes.txt").write_text("someone else's work")
+    elif case == "different_run":
+        output_dir.mkdir()
+        (output_dir / finetuning.RUN_RECORD).write_text(json.dumps(finetuning.run_record(parse_arguments(argv))))
+        argv += ["--learning_rate", "0.5"]
+    monkeypatch.setattr(Trainer, "train", training_must_not_start)
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
