@@ -51,6 +51,7 @@ IMAGE_DATASETS = ("digits",)
 BUILTIN_DATASETS = TEXT_DATASETS + IMAGE_DATASETS
 DIGITS_MAX_VALUE = 16.0  # sklearn's digits are integers 0..16
 RUN_RECORD = "finetune_args.json"
+GATHERED_DIR = "gathered-weights"  # scratch folder of the full weights of a sharded (FSDP/DeepSpeed) run
 # Fields that may differ between a killed run and its resumption, or between a run and its re-export.
 RUN_RECORD_IGNORED = {
     "output_dir",
@@ -321,6 +322,8 @@ def validate_arguments(args: FinetuneArguments) -> None:
         fail(f"validation_split_fraction={data_args.validation_split_fraction} must lie strictly between 0 and 1")
     if args.output.profile_sequences < 0:
         fail(f"profile_sequences={args.output.profile_sequences} must be >= 0 (0 skips the profile)")
+    if args.peft.use_lora and args.model.architecture is not None:
+        fail("--use_lora adapts pretrained weights; a model trained from scratch (--architecture) trains all of them")
     if args.peft.merge_lora and not args.peft.use_lora:
         fail("--merge_lora needs --use_lora")
     if args.training.push_to_hub and args.peft.use_lora and not args.peft.merge_lora:
@@ -587,9 +590,13 @@ def load_processor(args: FinetuneArguments, config, modality: str, source: str |
     )
 
 
+def classification_model_class(modality: str) -> type:
+    return CenteredViTForImageClassification if modality == "image" else CenteredBertForSequenceClassification
+
+
 def build_model(config, source: str | None, modality: str):
     """The classification model: converted from `source`, or freshly initialised from `config`."""
-    model_class = CenteredViTForImageClassification if modality == "image" else CenteredBertForSequenceClassification
+    model_class = classification_model_class(modality)
     if source is None:
         return model_class(config)
     # A head of another size (or none) in the checkpoint is replaced by a new one.
@@ -650,10 +657,36 @@ def training_hyperparameters(args: FinetuneArguments, data: ClassificationData) 
     return hyperparameters
 
 
-def save_outputs(trainer: Trainer, args: FinetuneArguments, processor, data, metrics, source) -> Path:
+def is_sharded(trainer: Trainer) -> bool:
+    """Whether the parameters are sharded over the ranks (FSDP, DeepSpeed), so no single rank holds the model."""
+    return bool(trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+
+
+def gather_trained_model(trainer: Trainer, args: FinetuneArguments, config, source: str | None, modality: str):
+    """The trained model as a plain module on this rank; every rank must call it (the gather is collective).
+
+    Unsharded runs unwrap the model. Under FSDP/DeepSpeed every rank joins `trainer.save_model`, which writes the full
+    weights (FULL_STATE_DICT / ZeRO gather) to a scratch folder; rank 0 reloads them from there and deletes it.
+    """
+    if not is_sharded(trainer):
+        return trainer.accelerator.unwrap_model(trainer.model)
+    gathered_dir = Path(args.training.output_dir) / GATHERED_DIR
+    trainer.save_model(str(gathered_dir))
+    if not trainer.is_world_process_zero():
+        return None
+    if args.peft.use_lora:  # save_model wrote the adapter (LoRA weights and modules_to_save) only
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(build_model(config, source, modality), gathered_dir)
+    else:
+        model = classification_model_class(modality).from_pretrained(gathered_dir)
+    shutil.rmtree(gathered_dir)
+    return model
+
+
+def save_outputs(model, args: FinetuneArguments, processor, data, metrics, source) -> Path:
     """Turns output_dir into the final artefact: a Hub-ready export (or a LoRA adapter) and the run's metadata."""
     output_dir = Path(args.training.output_dir)
-    model = trainer.accelerator.unwrap_model(trainer.model)
     card_fields = dict(
         model_name=args.output.model_name or output_dir.name,
         model_id=args.training.hub_model_id,
@@ -728,8 +761,9 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     metrics = trainer.evaluate()
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
+    trained_model = gather_trained_model(trainer, args, config, source, modality)
     if trainer.is_world_process_zero():
-        saved = save_outputs(trainer, args, processor, data, metrics, source)
+        saved = save_outputs(trained_model, args, processor, data, metrics, source)
         print(
             f"eval accuracy {metrics['eval_accuracy']:.4f}, macro-F1 {metrics['eval_f1_macro']:.4f} "
             f"({len(data.evaluation)} examples); saved to {saved}"

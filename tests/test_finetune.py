@@ -255,6 +255,22 @@ def test_lora_adapter_and_merged_export(assets, tmp_path):
     assert (output_dir / "README.md").is_file() and (output_dir / "tokenizer.json").is_file()
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_sharded_runs_export_the_gathered_weights(assets, tmp_path, monkeypatch, lora):
+    """FSDP/DeepSpeed need GPUs; their export path (save_model on every rank, reload on rank 0) runs here in one
+    process and must give the same checkpoint as the direct export."""
+    extra = ["--correction", "centered", "dgn", "--fusion", "gate", "--learning_rate", "5e-3"]
+    if lora:
+        extra += ["--use_lora", "--merge_lora"]
+    main(text_argv(assets, tmp_path / "direct", *extra))
+    monkeypatch.setattr(finetuning, "is_sharded", lambda trainer: True)
+    main(text_argv(assets, tmp_path / "gathered", *extra))
+    assert not (tmp_path / "gathered" / finetuning.GATHERED_DIR).exists()
+    assert_same_weights(tmp_path / "direct", tmp_path / "gathered", atol=0)
+    direct_card = (tmp_path / "direct" / "README.md").read_text()
+    assert direct_card == (tmp_path / "gathered" / "README.md").read_text().replace("gathered", "direct")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -345,6 +361,7 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("label_out_of_range", r"label value\(s\) \[5\] lie outside 0..1 \(num_labels=2\)"),
         ("unknown_correction", r"unknown correction\(s\) \['centred'\]"),
         ("negative_profile_sequences", r"profile_sequences=-1 must be >= 0"),
+        ("lora_from_scratch", r"--use_lora adapts pretrained weights"),
         ("missing_checkpoint", r"resume_from_checkpoint='last': no such checkpoint folder"),
         ("foreign_output_dir", r"is not empty and holds no fine-tuning run; pass --overwrite"),
         ("different_run", r"holds a run with a different configuration \(learning_rate\)"),
@@ -377,6 +394,8 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         argv += ["--train_file", str(bad), "--validation_file", str(bad), "--num_labels", "2"]
     elif case == "unknown_correction":
         argv += ["--correction", "centred"]
+    elif case == "lora_from_scratch":
+        argv += ["--use_lora", "--architecture", json.dumps({"hidden_size": 16})]
     elif case == "negative_profile_sequences":
         argv += ["--profile_sequences", "-1"]
     elif case == "missing_checkpoint":
