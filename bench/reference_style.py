@@ -1,0 +1,105 @@
+"""Each method written the way the authors' code does it: the baseline `bench/run.py` compares ours against.
+
+Benchmark-only; never imported by the package. The same model (same weights, same inputs) is turned into its
+reference-style twin by switching to eager attention (explicit softmax matrices, as every reference repository does)
+and swapping each correction module for one that does the arithmetic the authors' way:
+
+- centered (Ali et al., `centered-attention`): the centering matrix (A − 1/n·11ᵀ) applied to V, with the n×n
+  averaging matrix materialised per head;
+- neutreno (Nguyen et al., `NeuTRENO_NeurIPS2024`): `attn @ v + λ(v0 − v)` on eager attention (the same arithmetic
+  as ours; the difference is the attention backend);
+- contranorm (Guo et al., `PKU-ML/ContraNorm`): explicit n×n cosine-similarity matrix, softmax and matmul;
+- dgn (Zhou et al., `DGN`): the N×G×d grouped tensor through `BatchNorm1d(G·d)`, summed over the groups;
+- fusions (Shi et al.): the same fusion modules on eager attention.
+
+Padding: the benchmark feeds full-length sequences, so the reference code's missing padding masks change nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hf_centered.correction_base import Correction, CorrectionState
+
+
+class ReferenceCentered(nn.Module):
+    """(A − 1/n·11ᵀ)V = AV − (1/n·11ᵀ)V with the averaging matrix built explicitly, per head."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        seq_len = value.shape[2]
+        averaging = torch.full((seq_len, seq_len), 1.0 / seq_len, dtype=value.dtype, device=value.device)
+        return context - self.scale * (averaging @ value).transpose(1, 2)
+
+
+class ReferenceNeuTRENO(nn.Module):
+    def __init__(self, lamda: float):
+        super().__init__()
+        self.lamda = lamda
+
+    def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        return context + self.lamda * (state.first_values - value).transpose(1, 2)
+
+
+class ReferenceContraNorm(nn.Module):
+    """PKU-ML/ContraNorm: `x_norm = normalize(x); sim = softmax(x_norm @ x_norm.T / tau); x - s * sim @ x`."""
+
+    def __init__(self, scale: float, tau: float):
+        super().__init__()
+        self.scale = scale
+        self.tau = tau
+
+    def forward(self, hidden: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        normalized = F.normalize(hidden, dim=-1)
+        similarity = torch.softmax(normalized @ normalized.transpose(-1, -2) / self.tau, dim=-1)
+        return hidden - self.scale * (similarity @ hidden)
+
+
+class ReferenceDGN(nn.Module):
+    """DGN's reference layer: soft cluster assignment, N×G×d grouped features, one BatchNorm1d over G·d channels."""
+
+    def __init__(self, ours: nn.Module):
+        super().__init__()
+        self.groups, self.lamda = ours.groups, ours.lamda
+        self.assign = ours.assign
+        hidden_size = ours.weight.shape[1]
+        self.batch_norm = nn.BatchNorm1d(self.groups * hidden_size, momentum=ours.momentum, eps=ours.eps)
+        with torch.no_grad():
+            self.batch_norm.weight.copy_(ours.weight.flatten())
+            self.batch_norm.bias.copy_(ours.bias.flatten())
+
+    def forward(self, hidden: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        tokens = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
+        assignment = torch.softmax(self.assign(tokens), dim=-1)  # (N, G)
+        grouped = assignment.unsqueeze(-1) * tokens.unsqueeze(-2)  # (N, G, d)
+        normalized = self.batch_norm(grouped.reshape(tokens.shape[0], -1)).view_as(grouped)
+        return hidden + self.lamda * normalized.sum(dim=1).view_as(hidden)
+
+
+def _reference_module(correction: nn.Module) -> nn.Module:
+    name = correction.name
+    if name == "centered":
+        return ReferenceCentered(correction.scale)
+    if name == "neutreno":
+        return ReferenceNeuTRENO(correction.lamda)
+    if name == "contranorm":
+        return ReferenceContraNorm(correction.scale, correction.tau)
+    if name == "dgn":
+        return ReferenceDGN(correction)
+    raise ValueError(f"no reference-style implementation of correction {name!r}")
+
+
+def to_reference_style(model: nn.Module) -> nn.Module:
+    """Turns one of our models, in place, into its reference-style twin (eager attention, authors' arithmetic)."""
+    model.set_attn_implementation("eager")
+    for module in list(model.modules()):
+        if isinstance(module, nn.ModuleDict):
+            for key, child in list(module.items()):
+                if isinstance(child, Correction):
+                    module[key] = _reference_module(child)
+    return model

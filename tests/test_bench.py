@@ -1,0 +1,64 @@
+"""bench/: the reference-style baselines compute what ours compute, and `bench/run.py --quick` runs end to end."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import bert_config, vit_config, vit_inputs
+
+from hf_centered import CenteredBertModel, CenteredViTModel
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+_spec = importlib.util.spec_from_file_location("bench_run", BENCH_DIR / "run.py")  # bench/ is scripts, not a package
+bench_run = importlib.util.module_from_spec(_spec)
+sys.modules["bench_run"] = bench_run  # its dataclasses look their module up there
+_spec.loader.exec_module(bench_run)
+to_reference_style = bench_run.to_reference_style
+
+
+@pytest.mark.parametrize("method", ["none", *bench_run.METHODS])
+@pytest.mark.parametrize("architecture", ["bert", "vit"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_reference_style_twin_computes_the_same_function(method, architecture, training):
+    kwargs = bench_run.correction_kwargs(method)
+    if architecture == "bert":
+        model = CenteredBertModel(bert_config(**kwargs))
+        inputs = {"input_ids": torch.randint(1, 99, (3, 11), generator=torch.Generator().manual_seed(0))}
+    else:
+        model, inputs = CenteredViTModel(vit_config(**kwargs)), vit_inputs()
+    twin = to_reference_style(copy.deepcopy(model))
+    assert twin.config._attn_implementation == "eager"
+    if method in bench_run.METHODS and not method.startswith("fusion:"):
+        assert not any(type(module).__module__.startswith("hf_centered.correction") for module in twin.modules())
+    model.train(training)
+    twin.train(training)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(**inputs).last_hidden_state, model(**inputs).last_hidden_state)
+
+
+def test_quick_run_writes_json_and_markdown(tmp_path):
+    outputs = ["--json", str(tmp_path / "results.json"), "--markdown", str(tmp_path / "PERFORMANCE.md")]
+    argv = ["--quick", "--rounds", "2", "--warmup", "0", "--no-memory", "--methods", "none", "contranorm", *outputs]
+    results = bench_run.main(argv)
+    assert [case["case"]["mode"] for case in results["cases"]] == list(bench_run.MODES)
+    for case in results["cases"]:
+        assert [timing["method"] for timing in case["timing"]] == ["none", "contranorm"]
+        for timing in case["timing"]:
+            ratio = timing["result"]["ours_over_stock"]
+            assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert json.loads((tmp_path / "results.json").read_text())["machine"]["torch"] == torch.__version__
+    report = (tmp_path / "PERFORMANCE.md").read_text()
+    assert "## minilm, 128 tokens × 8, forward+backward" in report and "| contranorm |" in report
+
+
+def test_peak_memory_is_measured_in_fresh_processes():
+    args = bench_run.parse_args(["--quick"])
+    memory = bench_run.measure_memory(bench_run.Case("minilm", 128, 2, "forward+backward"), "contranorm", args)
+    assert memory["stock_bytes"] > 1e6  # activations and gradients of a 6-layer model: megabytes at least
+    assert 0.5 < memory["ours_over_stock"] < 2 and memory["reference_over_stock"] > 0
