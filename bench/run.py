@@ -87,11 +87,11 @@ def build_models(
         stock_class, stock_config = ViTModel, ViTConfig(**common)
         ours_class, ours_config = CenteredViTModel, CenteredViTConfig
     torch.manual_seed(0)
-    stock = stock_class(stock_config, add_pooling_layer=False)
-    models = {"stock": stock} if "stock" in variants else {}
+    models = {"stock": stock_class(stock_config, add_pooling_layer=False)} if "stock" in variants else {}
     for variant in [name for name in ("ours", "reference") if name in variants]:
         model = ours_class(ours_config(**common, **correction_kwargs(method)), add_pooling_layer=False)
-        model.load_state_dict(stock.state_dict(), strict=False)  # the corrections' own parameters stay initial
+        if "stock" in models:  # the corrections' own parameters stay initial
+            model.load_state_dict(models["stock"].state_dict(), strict=False)
         models[variant] = to_reference_style(model) if variant == "reference" else model
     for model in models.values():
         model.to(device=device, dtype=dtype).train(case.mode != "forward")
@@ -169,7 +169,11 @@ def time_case(case: Case, method: str, args: argparse.Namespace) -> dict:
 
 
 def peak_memory_rise(case: Case, method: str, variant: str, args: argparse.Namespace) -> float:
-    """Bytes by which one iteration raises the peak memory, measured in this (fresh) process."""
+    """Bytes by which one iteration raises the peak memory, measured in this (fresh) process.
+
+    Only the measured model is built (its weights' values do not change its memory), so every probe process has the
+    same history.
+    """
     dtype = getattr(torch, args.dtype)
     model = build_models(case, method, args.device, dtype, variants=(variant,))[variant]
     inputs = make_inputs(case, model, args.device, dtype)
@@ -181,6 +185,8 @@ def peak_memory_rise(case: Case, method: str, variant: str, args: argparse.Names
         step()
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - before)
+    # The high-water mark would still hold the model construction's peak: reset it to the current RSS first.
+    Path("/proc/self/clear_refs").write_text("5")
     before = _proc_status_kib("VmRSS")
     step()
     return float((_proc_status_kib("VmHWM") - before) * 1024)
@@ -199,7 +205,9 @@ def measure_memory(case: Case, method: str, args: argparse.Namespace) -> dict[st
     for variant in VARIANTS:
         command = [sys.executable, __file__, "--memory-probe", json.dumps([asdict(case), method, variant])]
         command += ["--device", args.device, "--dtype", args.dtype]
-        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        # A fixed mmap threshold makes every large tensor its own mapping, returned to the system when freed, so the
+        # resident set follows the live tensors (glibc's dynamic threshold would recycle freed heap unseen).
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MALLOC_MMAP_THRESHOLD_": "65536"}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         rises[variant] = float(result.stdout.strip().splitlines()[-1])
     return {

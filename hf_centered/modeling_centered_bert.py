@@ -147,10 +147,12 @@ class CenteredBertEncoder(BertEncoder):
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
         first_values = self.layer[0].attention.self.project_values(hidden_states) if self.needs_first_values else None
-        layer_outputs = []
+        # Only a fusion needs every layer's output; holding them otherwise keeps all activations alive in inference.
+        layer_outputs = [] if self.fusion is not None else None
         for layer in self.layer:
             hidden_states = layer(hidden_states, attention_mask, first_values, padding_mask=padding_mask, **kwargs)
-            layer_outputs.append(hidden_states)
+            if layer_outputs is not None:
+                layer_outputs.append(hidden_states)
         if self.fusion is not None:
             hidden_states = self.fusion(layer_outputs)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)

@@ -160,10 +160,12 @@ class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
         if self.needs_first_values:
             first_layer = self.layers[0]
             first_values = first_layer.attention.project_values(first_layer.attention_input(hidden_states, state))
-        layer_outputs = []
+        # Only a fusion needs every layer's output; holding them otherwise keeps all activations alive in inference.
+        layer_outputs = [] if self.fusion is not None else None
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask, first_values, padding_mask=padding_mask, **kwargs)
-            layer_outputs.append(hidden_states)
+            if layer_outputs is not None:
+                layer_outputs.append(hidden_states)
         if self.fusion is None:
             sequence_output = self.final_norm(hidden_states, state)
         else:
