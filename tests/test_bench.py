@@ -43,18 +43,26 @@ def test_reference_style_twin_computes_the_same_function(method, architecture, t
 
 
 def test_quick_run_writes_json_and_markdown(tmp_path):
-    outputs = ["--json", str(tmp_path / "results.json"), "--markdown", str(tmp_path / "PERFORMANCE.md")]
-    argv = ["--quick", "--rounds", "2", "--warmup", "0", "--no-memory", "--methods", "none", "contranorm", *outputs]
+    markdown = tmp_path / "PERFORMANCE.md"
+    markdown.write_text(f"# Performance\n\nAnalysis.\n\n{bench_run.REPORT_BEGIN}\nold\n{bench_run.REPORT_END}\nTail.\n")
+    outputs = ["--json", str(tmp_path / "results.json"), "--markdown", str(markdown)]
+    argv = ["--quick", "--rounds", "2", "--warmup", "0", "--no-memory", "--methods", "none", "centered", *outputs]
     results = bench_run.main(argv)
     assert [case["case"]["mode"] for case in results["cases"]] == list(bench_run.MODES)
     for case in results["cases"]:
-        assert [timing["method"] for timing in case["timing"]] == ["none", "contranorm"]
+        assert [timing["method"] for timing in case["timing"]] == ["none", "centered"]
         for timing in case["timing"]:
             ratio = timing["result"]["ours_over_stock"]
             assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
     assert json.loads((tmp_path / "results.json").read_text())["machine"]["torch"] == torch.__version__
-    report = (tmp_path / "PERFORMANCE.md").read_text()
-    assert "## minilm, 128 tokens × 8, forward+backward" in report and "| contranorm |" in report
+    report = markdown.read_text()
+    assert "## minilm, 128 tokens × 8, forward+backward" in report and "| centered |" in report
+    assert report.startswith("# Performance\n\nAnalysis.\n") and report.endswith("Tail.\n") and "old" not in report
+    assert "| method | case | goal | measured | met |" in report  # the goals, checked on the figures
+
+    again = tmp_path / "again.md"
+    bench_run.main(["--report-from", str(tmp_path / "results.json"), "--markdown", str(again)])
+    assert again.read_text().strip() == report.split("Analysis.\n\n", 1)[1].removesuffix("Tail.\n").strip()
 
 
 def test_peak_memory_is_measured_in_fresh_processes():
@@ -62,3 +70,17 @@ def test_peak_memory_is_measured_in_fresh_processes():
     memory = bench_run.measure_memory(bench_run.Case("minilm", 128, 2, "forward+backward"), "contranorm", args)
     assert memory["stock_bytes"] > 1e6  # activations and gradients of a 6-layer model: megabytes at least
     assert 0.5 < memory["ours_over_stock"] < 2 and memory["reference_over_stock"] > 0
+
+
+def test_resume_keeps_measured_cases(tmp_path, monkeypatch):
+    results_file = tmp_path / "results.json"
+    argv = ["--quick", "--warmup", "0", "--no-memory", "--methods", "none", "--json", str(results_file)]
+    first = bench_run.main([*argv, "--rounds", "1"])
+
+    def must_not_measure(*args, **kwargs):
+        raise AssertionError("a case already in the results file was measured again")
+
+    monkeypatch.setattr(bench_run, "time_case", must_not_measure)
+    assert bench_run.main([*argv, "--rounds", "1", "--resume"])["cases"] == first["cases"]
+    with pytest.raises(SystemExit, match="other rounds"):
+        bench_run.main([*argv, "--rounds", "2", "--resume"])
