@@ -59,6 +59,10 @@ def bbc_news() -> tuple[list[str], list[int], list[str]]:
     return texts, labels, class_names
 
 
+DIGITS_MAX_VALUE = 16.0
+"""sklearn's digits are grey levels 0..16; dividing by this scales them to [0, 1]."""
+
+
 def digits():
     """sklearn's 1,797 handwritten digits as ``(images, labels)``: float images (N, 8, 8) in [0, 16], labels 0..9."""
     from sklearn.datasets import load_digits

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 from transformers.utils import logging
 
-from hf_centered.data import digits, rotten_tomatoes
+from hf_centered.data import DIGITS_MAX_VALUE, digits, rotten_tomatoes
 from hf_centered.diagnostics import METRIC_TITLES, Profile, oversmoothing_profile, plot_profiles
 
 TEXT_DATASETS = ("rotten_tomatoes",)
@@ -32,7 +32,6 @@ TABLE_METRICS = ("cosine_similarity", "effective_rank", "effective_rank_centered
 # ViT's default image processor normalisation, used when a model folder has no processor of its own.
 FALLBACK_IMAGE_MEAN = 0.5
 FALLBACK_IMAGE_STD = 0.5
-DIGITS_MAX_VALUE = 16.0
 
 
 class DiagnoseInputError(ValueError):

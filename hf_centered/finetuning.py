@@ -49,7 +49,6 @@ MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_DATASETS = ("rotten_tomatoes", "bbc_news")
 IMAGE_DATASETS = ("digits",)
 BUILTIN_DATASETS = TEXT_DATASETS + IMAGE_DATASETS
-DIGITS_MAX_VALUE = 16.0  # sklearn's digits are integers 0..16
 RUN_RECORD = "finetune_args.json"
 GATHERED_DIR = "gathered-weights"  # scratch folder of the full weights of a sharded (FSDP/DeepSpeed) run
 # Fields that may differ between a killed run and its resumption, or between a run and its re-export.
@@ -447,7 +446,7 @@ def load_builtin_dataset(name: str, data_args: DataArguments, seed: int, image_c
 
 def digits_pixel_values(images: np.ndarray, image_config) -> list[np.ndarray]:
     """Digits scaled to [0, 1], resized to the model's image_size and repeated over its num_channels."""
-    pixels = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1) / DIGITS_MAX_VALUE
+    pixels = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1) / offline_data.DIGITS_MAX_VALUE
     size = image_config.image_size
     if pixels.shape[-1] != size:
         pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
@@ -585,7 +584,7 @@ def load_processor(args: FinetuneArguments, config, modality: str, source: str |
     # Mirrors digits_pixel_values: 0..16 grey levels scaled to [0, 1], resized, no normalisation.
     return ViTImageProcessorPil(
         size={"height": config.image_size, "width": config.image_size},
-        rescale_factor=1 / DIGITS_MAX_VALUE,
+        rescale_factor=1 / offline_data.DIGITS_MAX_VALUE,
         do_normalize=False,
     )
 
