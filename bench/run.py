@@ -1,6 +1,6 @@
 """Benchmark suite: every correction and fusion against stock `transformers` and against its reference-style twin.
 
-    python bench/run.py --quick                 # MiniLM-size BERT at 128 tokens, 3 rounds: a smoke run (~1 min)
+    python bench/run.py --quick                 # MiniLM-size BERT at 128 tokens, 3 rounds (~7 min on 2 cores)
     python bench/run.py                         # every case of docs/PERFORMANCE.md (long on a 2-core CPU)
     python bench/run.py --device cuda --dtype bfloat16
 
@@ -206,13 +206,13 @@ def _proc_status_kib(field: str) -> int:
 
 def measure_memory(case: Case, method: str, args: argparse.Namespace) -> dict[str, float]:
     """Peak-memory rise of each variant in a fresh process (the CPU high-water mark never goes down)."""
+    # A fixed mmap threshold makes every large tensor its own mapping, returned to the system when freed, so the
+    # resident set follows the live tensors (glibc's dynamic threshold would recycle freed heap unseen).
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MALLOC_MMAP_THRESHOLD_": "65536"}
     rises = {}
     for variant in VARIANTS:
         command = [sys.executable, __file__, "--memory-probe", json.dumps([asdict(case), method, variant])]
         command += ["--device", args.device, "--dtype", args.dtype]
-        # A fixed mmap threshold makes every large tensor its own mapping, returned to the system when freed, so the
-        # resident set follows the live tensors (glibc's dynamic threshold would recycle freed heap unseen).
-        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MALLOC_MMAP_THRESHOLD_": "65536"}
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         rises[variant] = float(result.stdout.strip().splitlines()[-1])
     return {
@@ -347,7 +347,7 @@ def markdown_report(results: dict) -> str:
 
 
 RECORDED_SETTINGS = ("quick", "device", "dtype", "rounds", "warmup", "min_sample_seconds", "no_memory")
-SAME_SETTINGS = ("device", "dtype", "rounds", "warmup", "min_sample_seconds", "no_memory")  # for --resume
+SAME_SETTINGS = tuple(key for key in RECORDED_SETTINGS if key != "quick")  # what --resume requires unchanged
 REPORT_BEGIN, REPORT_END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
 
 
