@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +38,7 @@ from reference_style import to_reference_style  # noqa: E402
 from hf_centered import CenteredBertConfig, CenteredBertModel, CenteredViTConfig, CenteredViTModel  # noqa: E402
 from hf_centered.corrections import available_corrections  # noqa: E402
 from hf_centered.fusion import available_fusions  # noqa: E402
+from hf_centered.reporting import machine_description, write_generated_section  # noqa: E402
 
 MODEL_SIZES = {
     "minilm": ("bert", dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)),
@@ -236,25 +235,6 @@ def cases_for(args: argparse.Namespace) -> list[Case]:
     return cases
 
 
-def machine_description(device: str) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        cpu = names[0] if names else cpu
-    description = {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "torch_threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-    if device.startswith("cuda"):
-        description["gpu"] = torch.cuda.get_device_name()
-    return description
-
-
 def format_ratio(entry: dict[str, float]) -> str:
     return f"{entry['median']:.3f} ({entry['min']:.2f}–{entry['max']:.2f})"
 
@@ -353,12 +333,7 @@ REPORT_BEGIN, REPORT_END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: e
 
 def write_markdown(path: Path, results: dict) -> None:
     """Writes the report; in an existing file only the part between the markers is replaced (analysis stays)."""
-    report = f"{REPORT_BEGIN}\n{markdown_report(results)}\n{REPORT_END}"
-    text = path.read_text() if path.is_file() else ""
-    if REPORT_BEGIN in text and REPORT_END in text:
-        before, rest = text.split(REPORT_BEGIN, 1)
-        report = before + report + rest.split(REPORT_END, 1)[1]
-    path.write_text(report if report.endswith("\n") else report + "\n")
+    write_generated_section(path, markdown_report(results), REPORT_BEGIN, REPORT_END)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
