@@ -4,7 +4,7 @@ PYTHON ?= python3
 # The local CPU build on the project's machines; on a GPU machine pass your CUDA build, e.g. TORCH="torch==2.13.0".
 TORCH ?= torch==2.13.0
 
-.PHONY: install finetune demo test lint format readme-profile
+.PHONY: install finetune demo experiments experiments-quick test lint format readme-profile
 
 install:
 	$(PYTHON) -m pip install --quiet "$(TORCH)"
@@ -17,6 +17,14 @@ finetune: install
 # Converts the packaged MiniLM with each correction and prints an over-smoothing comparison (under a minute).
 demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) -m hf_centered.demo
+
+# Reruns every experiment of docs/RESULTS.md (under 2 hours on 2 cores; resumes from experiments/results/full.json).
+experiments: install
+	$(PYTHON) experiments/run_all.py
+
+# The same code paths on small slices, reported in outputs/experiments/quick/RESULTS.md (under 10 minutes).
+experiments-quick: install
+	$(PYTHON) experiments/run_all.py --quick
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -87,6 +87,8 @@ COMMON_OPTIONS = (
     "--logging_steps", "50",
 )  # fmt: skip
 REPORT_BEGIN, REPORT_END = "<!-- experiments/run_all.py: begin -->", "<!-- experiments/run_all.py: end -->"
+HEADLINE_BEGIN = "<!-- experiments/run_all.py: headline begin -->"
+HEADLINE_END = "<!-- experiments/run_all.py: headline end -->"
 
 
 def variants() -> dict[str, tuple[str, str]]:
@@ -119,6 +121,7 @@ class Plan:
     report_path: Path
     images_dir: Path
     scratch_dir: Path
+    readme_path: Path | None = None  # gets the headline plot and findings between its own markers
     text_threads: int = 2
     vit_workers: int = 2
 
@@ -130,7 +133,7 @@ def full_plan() -> Plan:
         fusion_seeds=1,
         text_options=(),
         profile_sequences=256,
-        vit_depths=(2, 4, 8, 16),
+        vit_depths=(2, 4, 8, 16, 32),
         vit_variants=(*(name for name in variants() if not is_fusion(name)), "gate"),
         vit_epochs=15,
         vit_options=(),
@@ -145,6 +148,7 @@ def full_plan() -> Plan:
         report_path=REPO_ROOT / "docs" / "RESULTS.md",
         images_dir=REPO_ROOT / "docs" / "images" / "results",
         scratch_dir=REPO_ROOT / "outputs" / "experiments" / "full",
+        readme_path=REPO_ROOT / "README.md",
     )
 
 
@@ -165,6 +169,7 @@ def quick_plan() -> Plan:
         report_path=quick_dir / "RESULTS.md",
         images_dir=quick_dir / "images",
         scratch_dir=quick_dir / "runs",
+        readme_path=None,
     )
 
 
@@ -737,11 +742,12 @@ def experiment_3(results: Results) -> list[str]:
     lines = [
         "## Experiment 3: fine-tuning MiniLM on Rotten Tomatoes",
         "",
-        "Accuracy and macro-F1 in %, mean ± std over seeds; Δ accuracy to `none` in points ± its standard error "
-        "(`*`: beyond two standard errors); training time relative to `none` of the same seed (median, min–max).",
+        f"Accuracy and macro-F1 in %, mean ± std over seeds (per seed: seeds {', '.join(map(str, plan.seeds))} in "
+        "order); Δ accuracy to `none` in points ± its standard error (`*`: beyond two standard errors); training "
+        "time relative to `none` of the same seed (median, min–max).",
         "",
-        "| variant | seeds | accuracy | macro-F1 | Δ accuracy | training time / `none` |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | seeds | accuracy | per seed | macro-F1 | Δ accuracy | training time / `none` |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     accuracy = lambda r: r["accuracy"]  # noqa: E731
     baseline = results.summary([f"text/{BASELINE}/seed{s}" for s in plan.seeds], accuracy)
@@ -753,18 +759,21 @@ def experiment_3(results: Results) -> list[str]:
         ratios = [results[key]["train_seconds"] / baseline_times[s] for key, s in zip(keys, seeds, strict=True)]
         ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
         delta = difference(summary, baseline) if variant != BASELINE else "—"
-        lines.append(f"| {variant} | {len(seeds)} | {summary.format(1, 100.0)} | {f1} | {delta} | {ratio} |")
+        per_seed = " / ".join(f"{value * 100:.1f}" for value in summary.values)
+        lines.append(
+            f"| {variant} | {len(seeds)} | {summary.format(1, 100.0)} | {per_seed} | {f1} | {delta} | {ratio} |"
+        )
     mean_time = statistics.fmean(baseline_times.values())
     lines += ["", f"`none` trains in {mean_time:.0f} s on average (one process, all cores).", ""]
     return lines
 
 
 def findings(results: Results) -> list[str]:
-    """Sentences derived from the numbers, so that the summary can never disagree with the tables."""
+    """Bullet sentences derived from the numbers, so that the summary can never disagree with the tables."""
     plan = results.plan
     accuracy = lambda r: r["accuracy"]  # noqa: E731
     depths = sorted(plan.vit_depths)
-    lines = ["## Findings (computed from the tables above)", ""]
+    lines = []
     baseline_by_depth = [results.summary([vit_key(d, BASELINE, s) for s in plan.seeds], accuracy) for d in depths]
     lines.append(
         f"- `none` on digits: {baseline_by_depth[0].mean * 100:.1f} % at depth {depths[0]}, "
@@ -797,7 +806,7 @@ def findings(results: Results) -> list[str]:
         + (", ".join(f"`{v}`" for v in better) if better else "none")
         + "."
     )
-    return [*lines, ""]
+    return lines
 
 
 def write_report(plan: Plan) -> Path:
@@ -821,10 +830,23 @@ def write_report(plan: Plan) -> Path:
         *experiment_1(results, {metric: relative(path) for metric, path in profile_images.items()}),
         *experiment_2(results, relative(depth_image)),
         *experiment_3(results),
+        "## Findings (computed from the tables above)",
+        "",
         *findings(results),
     ]
     heading = f"# Results ({plan.name} plan)\n\nOver-smoothing corrections measured offline on this machine."
     write_generated_section(plan.report_path, "\n".join(generated), REPORT_BEGIN, REPORT_END, heading)
+    if plan.readme_path is not None:
+        from_readme = lambda path: os.path.relpath(path, plan.readme_path.parent)  # noqa: E731
+        headline = [
+            f"![ViT on digits: accuracy and last-layer cosine similarity against depth]({from_readme(depth_image)})",
+            "",
+            f"From [{from_readme(plan.report_path)}]({from_readme(plan.report_path)}), generated by "
+            "`python experiments/run_all.py`:",
+            "",
+            *findings(results),
+        ]
+        write_generated_section(plan.readme_path, "\n".join(headline), HEADLINE_BEGIN, HEADLINE_END)
     return plan.report_path
 
 

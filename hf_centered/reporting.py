@@ -37,13 +37,16 @@ def machine_description(device: str = "cpu") -> dict[str, str]:
 def write_generated_section(path: Path, generated: str, begin: str, end: str, new_file_heading: str = "") -> None:
     """Writes `generated` between the `begin` and `end` marker lines of `path`, keeping everything around them.
 
-    A file without both markers (or no file) is replaced by `new_file_heading` followed by the marked section.
+    A missing (or empty) file is created as `new_file_heading` followed by the marked section. An existing file
+    without both markers is refused rather than overwritten: it may hold text nobody generated.
     """
     section = f"{begin}\n{generated.strip()}\n{end}"
     text = path.read_text() if path.is_file() else ""
     if begin in text and end in text:
         before, rest = text.split(begin, 1)
         section = before + section + rest.split(end, 1)[1]
+    elif text.strip():
+        raise ValueError(f"{path} has no {begin} ... {end} markers to write between; add them where the report goes")
     elif new_file_heading:
         section = f"{new_file_heading.rstrip()}\n\n{section}"
     path.parent.mkdir(parents=True, exist_ok=True)
