@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import sys
 from dataclasses import replace
@@ -108,6 +109,25 @@ def test_hand_written_text_around_the_report_is_kept(tmp_path):
     assert headline.startswith("# Project\n\n") and headline.endswith(f"{run_all.HEADLINE_END}\n\n## Usage\n")
     assert "(images/depth_sweep.png)" in headline and "[RESULTS.md](RESULTS.md)" in headline
     assert "- Depth 2: best `none` at 75.0 %" in headline
+
+
+def test_committed_report_and_readme_headline_are_generated_from_the_committed_results(tmp_path):
+    """No hand-typed result: docs/RESULTS.md and the README's headline are what run_all.py writes from full.json."""
+    plan = run_all.full_plan()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(plan.report_path, docs / "RESULTS.md")
+    shutil.copy(plan.readme_path, tmp_path / "README.md")
+    regenerated = replace(
+        plan,
+        report_path=docs / "RESULTS.md",
+        images_dir=docs / "images" / "results",
+        readme_path=tmp_path / "README.md",
+    )
+    run_all.write_report(regenerated)
+    assert (docs / "RESULTS.md").read_text() == plan.report_path.read_text()
+    assert (tmp_path / "README.md").read_text() == plan.readme_path.read_text()
+    assert run_all.REPORT_BEGIN in plan.report_path.read_text()
 
 
 def test_report_names_the_missing_units(tmp_path):
