@@ -792,19 +792,27 @@ def findings(results: Results) -> list[str]:
             f"{difference(best_summary, base)} points."
         )
     text_base = results.summary([f"text/{BASELINE}/seed{s}" for s in plan.seeds], accuracy)
-    better = [
-        variant
-        for variant in variants()
-        if not is_fusion(variant)
-        and variant != BASELINE
-        and difference(results.summary([f"text/{variant}/seed{s}" for s in plan.seeds], accuracy), text_base).endswith(
-            "*"
-        )
-    ]
+    clear = []
+    for variant in variants():
+        if is_fusion(variant) or variant == BASELINE:
+            continue
+        delta = difference(results.summary([f"text/{variant}/seed{s}" for s in plan.seeds], accuracy), text_base)
+        if delta.endswith("*"):
+            clear.append(f"`{variant}` ({delta.removesuffix(' *')} points)")
     lines.append(
-        "- Rotten Tomatoes: corrections whose accuracy differs from `none` by more than two standard errors: "
-        + (", ".join(f"`{v}`" for v in better) if better else "none")
-        + "."
+        "- Rotten Tomatoes: accuracy differs from `none` by more than two standard errors for "
+        + (", ".join(clear) if clear else "no correction")
+        + "; every other correction is within two standard errors of it."
+    )
+    seed = plan.seeds[0]
+    after = {
+        variant: results[f"text/{variant}/seed{seed}"]["profile"]["cosine_similarity"][-1] for variant in variants()
+    }
+    before = results[f"pretrained/{BASELINE}"]["profile"]["cosine_similarity"][-1]
+    least = min(after, key=after.get)
+    lines.append(
+        f"- Fine-tuning raises MiniLM's last-layer cosine similarity (`none`, seed {seed}: {before:.3f} → "
+        f"{after[BASELINE]:.3f}); least smoothed after fine-tuning: `{least}` at {after[least]:.3f}."
     )
     return lines
 
