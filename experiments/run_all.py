@@ -17,7 +17,7 @@ the units whose options changed. The units:
 
 A variant is every registered correction alone and every registered fusion alone, so a new method joins the
 experiments without an edit here. The text units run one at a time on every core (their training times are
-compared); the small ViT units run two at a time on one core each. Each unit's output (a Hub-ready export) and log
+compared); the small ViT units run one per core. Each unit's output (a Hub-ready export) and log
 stay in the scratch folder.
 """
 
@@ -108,7 +108,7 @@ class Plan:
 
     name: str
     seeds: tuple[int, ...]
-    fusion_seeds: int  # fine-tuning runs of the fusions (experiment 1 needs one; they are not in experiment 3)
+    fusion_seeds: int  # fine-tuning seeds of the fusions (experiment 1 needs one; experiment 3 lists them too)
     text_options: tuple[str, ...]  # on top of finetune.py's embedded default
     profile_sequences: int
     vit_depths: tuple[int, ...]
@@ -122,8 +122,9 @@ class Plan:
     images_dir: Path
     scratch_dir: Path
     readme_path: Path | None = None  # gets the headline plot and findings between its own markers
-    text_threads: int = 2
-    vit_workers: int = 2
+    # The text units run alone on every core; the small ViT units, one core each, as many at once as there are cores.
+    text_threads: int = field(default_factory=torch.get_num_threads)
+    vit_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 def full_plan() -> Plan:
