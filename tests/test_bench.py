@@ -84,3 +84,56 @@ def test_resume_keeps_measured_cases(tmp_path, monkeypatch):
     assert bench_run.main([*argv, "--rounds", "1", "--resume"])["cases"] == first["cases"]
     with pytest.raises(SystemExit, match="other rounds"):
         bench_run.main([*argv, "--rounds", "2", "--resume"])
+
+
+_compile_spec = importlib.util.spec_from_file_location("bench_run_compile", BENCH_DIR / "run_compile.py")
+bench_compile = importlib.util.module_from_spec(_compile_spec)
+_compile_spec.loader.exec_module(bench_compile)
+
+
+@pytest.mark.parametrize("method", ["none", *bench_run.METHODS])
+def test_compiled_gradients_match_eager(method):
+    """Every method traces under torch.compile (AOT autograd without inductor, to stay fast) with eager gradients."""
+    torch._dynamo.reset()
+    model = CenteredBertModel(bert_config(**bench_run.correction_kwargs(method))).train()
+    inputs = {"input_ids": torch.randint(1, 99, (3, 11), generator=torch.Generator().manual_seed(0))}
+    compiled = torch.compile(copy.deepcopy(model), backend="aot_eager")
+    bench_compile.check_compiled_matches_eager(model, compiled, inputs, "forward+backward")
+
+
+def test_compiled_check_catches_a_different_model():
+    model = CenteredBertModel(bert_config(correction="centered")).eval()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        query = other.encoder.layer[0].attention.self.query.weight
+        query.add_(0.1 * torch.randn(query.shape, generator=torch.Generator().manual_seed(1)))
+    inputs = {"input_ids": torch.randint(1, 99, (3, 11), generator=torch.Generator().manual_seed(0))}
+    with pytest.raises(AssertionError):
+        bench_compile.check_compiled_matches_eager(model, other, inputs, "forward")
+    with pytest.raises(AssertionError):
+        bench_compile.check_compiled_matches_eager(model.train(), other.train(), inputs, "forward+backward")
+
+
+def test_compile_quick_run_writes_its_section(tmp_path):
+    markdown = tmp_path / "PERFORMANCE.md"
+    begin, end = bench_compile.REPORT_BEGIN, bench_compile.REPORT_END
+    markdown.write_text(
+        f"# Performance\n\n{begin}\nold\n{end}\n\n{bench_run.REPORT_BEGIN}\nkept\n{bench_run.REPORT_END}\n"
+    )
+    argv = [
+        "--quick",
+        "--methods",
+        "centered",
+        "--rounds",
+        "1",
+        "--min-sample-seconds",
+        "0",
+        "--markdown",
+        str(markdown),
+    ]
+    results = bench_compile.main(argv)
+    (entry,) = results["cases"]
+    assert entry["method"] == "centered" and entry["case"]["mode"] == "forward"
+    assert entry["result"]["compiled_over_stock"]["median"] > 0
+    report = markdown.read_text()
+    assert "| minilm 128×8 forward | centered |" in report and "old" not in report and "\nkept\n" in report
