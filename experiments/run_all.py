@@ -6,7 +6,7 @@
 
 Every measurement is one unit: a key and the exact `finetune.py` options that produce it. Finished units are cached in
 a JSON file as soon as they complete, so an interrupted run resumes where it stopped, and a changed plan reruns only
-the units whose options changed. The units:
+the units whose options changed; move the results file away to measure everything again. The units:
 
 - `pretrained/<variant>`: the packaged all-MiniLM-L6-v2 converted with one correction or fusion, not trained,
   profiled on the held-out Rotten Tomatoes snippets of the first seed (experiment 1, "before").
