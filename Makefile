@@ -18,7 +18,8 @@ finetune: install
 demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) -m hf_centered.demo
 
-# Reruns every experiment of docs/RESULTS.md (under 2 hours on 2 cores; resumes from experiments/results/full.json).
+# Runs the experiments of docs/RESULTS.md missing from experiments/results/full.json and rewrites the report; move
+# that file away to measure everything again (under 2 hours on 2 cores).
 experiments: install
 	$(PYTHON) experiments/run_all.py
 
