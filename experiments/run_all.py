@@ -225,7 +225,7 @@ def sweep_points(plan: Plan) -> list[tuple[str, str, float]]:
 def default_value(field_name: str) -> float:
     from hf_centered.configuration_centered import CorrectionConfigMixin
 
-    return next(f.default for f in CorrectionConfigMixin.__dataclass_fields__.values() if f.name == field_name)
+    return CorrectionConfigMixin.__dataclass_fields__[field_name].default
 
 
 def vit_key(depth: int, variant: str, seed: int, field_name: str | None = None, value: float | None = None) -> str:
@@ -524,6 +524,10 @@ class Results:
         return self.cache.get(self.units[key])["wall_seconds"]
 
 
+def accuracy_of(result: dict[str, Any]) -> float:
+    return result["accuracy"]
+
+
 def last_layer_cosine(result: dict[str, Any]) -> float:
     return result["profile"]["cosine_similarity"][-1]
 
@@ -573,7 +577,7 @@ def plot_depth_sweep(results: Results, path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     depths = sorted(plan.vit_depths)
     for index, variant in enumerate(plan.vit_variants):
-        for axis, value in zip(axes, (lambda r: r["accuracy"], last_layer_cosine), strict=True):
+        for axis, value in zip(axes, (accuracy_of, last_layer_cosine), strict=True):
             summaries = [results.summary([vit_key(d, variant, s) for s in plan.seeds], value) for d in depths]
             offset = 1 + 0.025 * (index - len(plan.vit_variants) / 2)  # spread the error bars apart
             axis.errorbar(
@@ -683,9 +687,8 @@ def experiment_2(results: Results, image_path: str) -> list[str]:
         f"![accuracy and last-layer cosine similarity against depth]({image_path})",
         "",
     ]
-    accuracy = lambda r: r["accuracy"]  # noqa: E731
     for title, value, scale, digits in (
-        ("Test accuracy (%)", accuracy, 100.0, 1),
+        ("Test accuracy (%)", accuracy_of, 100.0, 1),
         ("Last-layer mean pairwise cosine similarity", last_layer_cosine, 1.0, 3),
     ):
         lines += [f"{title}, mean ± std over {len(plan.seeds)} seed(s):", ""]
@@ -705,8 +708,8 @@ def experiment_2(results: Results, image_path: str) -> list[str]:
             continue
         cells = [
             difference(
-                results.summary([vit_key(d, variant, s) for s in plan.seeds], accuracy),
-                results.summary([vit_key(d, BASELINE, s) for s in plan.seeds], accuracy),
+                results.summary([vit_key(d, variant, s) for s in plan.seeds], accuracy_of),
+                results.summary([vit_key(d, BASELINE, s) for s in plan.seeds], accuracy_of),
             )
             for d in depths
         ]
@@ -729,11 +732,11 @@ def sweep_section(results: Results) -> list[str]:
     for correction, field_name, value in points:
         keys = [vit_key(plan.sweep_depth, correction, s, field_name, value) for s in plan.seeds]
         default = " (default)" if value == default_value(field_name) else ""
-        accuracy = results.summary(keys, lambda r: r["accuracy"]).format(1, 100.0)
+        accuracy = results.summary(keys, accuracy_of).format(1, 100.0)
         cosine = results.summary(keys, last_layer_cosine).format(3)
         lines.append(f"| {correction} | {field_name} | {value:g}{default} | {accuracy} | {cosine} |")
     baseline_keys = [vit_key(plan.sweep_depth, BASELINE, s) for s in plan.seeds]
-    baseline = results.summary(baseline_keys, lambda r: r["accuracy"]).format(1, 100.0)
+    baseline = results.summary(baseline_keys, accuracy_of).format(1, 100.0)
     return [*lines, "", f"`none` at depth {plan.sweep_depth}: {baseline} %.", ""]
 
 
@@ -750,12 +753,11 @@ def experiment_3(results: Results) -> list[str]:
         "| variant | seeds | accuracy | per seed | macro-F1 | Δ accuracy | training time / `none` |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    accuracy = lambda r: r["accuracy"]  # noqa: E731
-    baseline = results.summary([f"text/{BASELINE}/seed{s}" for s in plan.seeds], accuracy)
+    baseline = results.summary([f"text/{BASELINE}/seed{s}" for s in plan.seeds], accuracy_of)
     for variant in variants():
         seeds = text_seeds(plan, variant)
         keys = [f"text/{variant}/seed{s}" for s in seeds]
-        summary = results.summary(keys, accuracy)
+        summary = results.summary(keys, accuracy_of)
         f1 = results.summary(keys, lambda r: r["f1_macro"]).format(1, 100.0)
         ratios = [results[key]["train_seconds"] / baseline_times[s] for key, s in zip(keys, seeds, strict=True)]
         ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
@@ -772,32 +774,31 @@ def experiment_3(results: Results) -> list[str]:
 def findings(results: Results) -> list[str]:
     """Bullet sentences derived from the numbers, so that the summary can never disagree with the tables."""
     plan = results.plan
-    accuracy = lambda r: r["accuracy"]  # noqa: E731
     depths = sorted(plan.vit_depths)
     lines = []
-    baseline_by_depth = [results.summary([vit_key(d, BASELINE, s) for s in plan.seeds], accuracy) for d in depths]
+    baseline_by_depth = [results.summary([vit_key(d, BASELINE, s) for s in plan.seeds], accuracy_of) for d in depths]
     lines.append(
         f"- `none` on digits: {baseline_by_depth[0].mean * 100:.1f} % at depth {depths[0]}, "
         f"{baseline_by_depth[-1].mean * 100:.1f} % at depth {depths[-1]}; best depth "
         f"{depths[max(range(len(depths)), key=lambda i: baseline_by_depth[i].mean)]}."
     )
     for depth in depths:
-        base = results.summary([vit_key(depth, BASELINE, s) for s in plan.seeds], accuracy)
+        base = results.summary([vit_key(depth, BASELINE, s) for s in plan.seeds], accuracy_of)
         best = max(
             plan.vit_variants,
-            key=lambda v: results.summary([vit_key(depth, v, s) for s in plan.seeds], accuracy).mean,
+            key=lambda v: results.summary([vit_key(depth, v, s) for s in plan.seeds], accuracy_of).mean,
         )
-        best_summary = results.summary([vit_key(depth, best, s) for s in plan.seeds], accuracy)
+        best_summary = results.summary([vit_key(depth, best, s) for s in plan.seeds], accuracy_of)
         lines.append(
             f"- Depth {depth}: best `{best}` at {best_summary.format(1, 100.0)} %; against `none` "
             f"{difference(best_summary, base)} points."
         )
-    text_base = results.summary([f"text/{BASELINE}/seed{s}" for s in plan.seeds], accuracy)
+    text_base = results.summary([f"text/{BASELINE}/seed{s}" for s in plan.seeds], accuracy_of)
     clear = []
     for variant in variants():
         if is_fusion(variant) or variant == BASELINE:
             continue
-        delta = difference(results.summary([f"text/{variant}/seed{s}" for s in plan.seeds], accuracy), text_base)
+        delta = difference(results.summary([f"text/{variant}/seed{s}" for s in plan.seeds], accuracy_of), text_base)
         if delta.endswith("*"):
             clear.append(f"`{variant}` ({delta.removesuffix(' *')} points)")
     lines.append(
