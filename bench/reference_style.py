@@ -10,21 +10,32 @@ and swapping each correction module for one that does the arithmetic the authors
   as ours; the difference is the attention backend);
 - contranorm (Guo et al., `PKU-ML/ContraNorm`): explicit n×n cosine-similarity matrix, softmax and matmul;
 - dgn (Zhou et al., `DGN`): the N×G×d grouped tensor through `BatchNorm1d(G·d)`, summed over the groups;
-- fusions (Shi et al.): the same fusion modules on eager attention.
+- fusions (Shi et al.): all layer outputs collected, then `torch.cat` → linear, `torch.stack(...).amax(0)`, and the
+  gate's softmax over the stacked layers.
 
 Padding: the benchmark feeds full-length sequences, so the reference code's missing padding masks change nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hf_centered.correction_base import Correction, CorrectionState
+from hf_centered.fusion import LayerFusion
 
 
-class ReferenceCentered(nn.Module):
+class ReferenceCorrection(nn.Module):
+    """The authors' code computes each correction where it acts, so nothing is folded into the attention's V."""
+
+    def value_shift(self, value: torch.Tensor, state: CorrectionState) -> None:
+        return None
+
+
+class ReferenceCentered(ReferenceCorrection):
     """(A − 1/n·11ᵀ)V = AV − (1/n·11ᵀ)V with the averaging matrix built explicitly, per head."""
 
     def __init__(self, scale: float):
@@ -37,7 +48,7 @@ class ReferenceCentered(nn.Module):
         return context - self.scale * (averaging @ value).transpose(1, 2)
 
 
-class ReferenceNeuTRENO(nn.Module):
+class ReferenceNeuTRENO(ReferenceCorrection):
     def __init__(self, lamda: float):
         super().__init__()
         self.lamda = lamda
@@ -46,7 +57,7 @@ class ReferenceNeuTRENO(nn.Module):
         return context + self.lamda * (state.first_values - value).transpose(1, 2)
 
 
-class ReferenceContraNorm(nn.Module):
+class ReferenceContraNorm(ReferenceCorrection):
     """PKU-ML/ContraNorm: `x_norm = normalize(x); sim = softmax(x_norm @ x_norm.T / tau); x - s * sim @ x`."""
 
     def __init__(self, scale: float, tau: float):
@@ -60,7 +71,7 @@ class ReferenceContraNorm(nn.Module):
         return hidden - self.scale * (similarity @ hidden)
 
 
-class ReferenceDGN(nn.Module):
+class ReferenceDGN(ReferenceCorrection):
     """DGN's reference layer: soft cluster assignment, N×G×d grouped features, one BatchNorm1d over G·d channels."""
 
     def __init__(self, ours: nn.Module):
@@ -81,6 +92,25 @@ class ReferenceDGN(nn.Module):
         return hidden + self.lamda * normalized.sum(dim=1).view_as(hidden)
 
 
+class ReferenceFusion(nn.Module):
+    """Shi et al.'s fusions with every layer output at hand: all L are collected first, then stacked."""
+
+    def __init__(self, ours: LayerFusion):
+        super().__init__()
+        self.ours = ours  # shares the parameters
+
+    def forward(self, layer_outputs: Iterable[torch.Tensor]) -> torch.Tensor:
+        layers = list(layer_outputs)
+        if self.ours.name == "concat":
+            return F.linear(torch.cat(layers, dim=-1), self.ours.weight, self.ours.bias)
+        stacked = torch.stack(layers)
+        if self.ours.name == "max":
+            return stacked.amax(dim=0)
+        if self.ours.name == "gate":
+            return (self.ours.layer_weights(stacked) * stacked).sum(dim=0)
+        raise ValueError(f"no reference-style implementation of fusion {self.ours.name!r}")
+
+
 def _reference_module(correction: nn.Module) -> nn.Module:
     name = correction.name
     if name == "centered":
@@ -98,6 +128,8 @@ def to_reference_style(model: nn.Module) -> nn.Module:
     """Turns one of our models, in place, into its reference-style twin (eager attention, authors' arithmetic)."""
     model.set_attn_implementation("eager")
     for module in list(model.modules()):
+        if isinstance(getattr(module, "fusion", None), LayerFusion):
+            module.fusion = ReferenceFusion(module.fusion)
         if isinstance(module, nn.ModuleDict):
             for key, child in list(module.items()):
                 if isinstance(child, Correction):

@@ -59,3 +59,13 @@ class Correction(nn.Module):
 
     def reset_parameters(self) -> None:
         """Initialises new parameters with `transformers.initialization` (which skips loaded tensors)."""
+
+    def value_shift(self, value: torch.Tensor, state: CorrectionState) -> torch.Tensor | None:
+        """`ATTENTION_SITE` only: a `T` `(B, H, 1, d_h)`, the same for every key, such that this correction maps the
+        context to `context − T`; None (the default) when it has no such form.
+
+        Each softmax row sums to 1 over the keys, so `A·V − T = A·(V − T)`: without attention dropout the encoder
+        then hands the backend `V − T` and skips `forward`. The fused kernel's saved output is then the corrected
+        context itself, instead of a second `(B, n, d)` tensor kept for backward next to it.
+        """
+        return None

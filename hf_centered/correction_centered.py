@@ -14,7 +14,10 @@ included). Only :math:`AV` is needed, so the correction runs on top of whatever 
 flash) and costs O(n·d) per layer; the attention matrix is never materialised.
 
 Arguments ↔ symbols: `config.centered_scale` = γ (1.0 = the paper's centering; 0 = stock attention).
-The correction is applied after attention dropout. `output_attentions` returns the backend's softmax weights A,
+The correction is applied after attention dropout. Without attention dropout (inference, or
+`attention_probs_dropout_prob=0`) it is computed as :math:`A(V - \gamma\mathbf 1\bar v^\top)`, equal because each
+row of A sums to 1, so that the fused kernel's output is already the corrected context and backward keeps no extra
+tensor. `output_attentions` returns the backend's softmax weights A,
 not Ã (which has negative entries).
 """
 
@@ -43,14 +46,18 @@ class CenteredAttention(Correction):
         super().__init__(config, layer_idx)
         self.scale = float(config.centered_scale)
 
-    def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+    def value_shift(self, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        """γ·v̄ per head, `(B, H, 1, d_h)`."""
         if state.padding_mask is None:
             value_mean = value.mean(dim=2, keepdim=True)
         else:
             weights = state.padding_mask.to(value.dtype)
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
             value_mean = weights[:, None, None, :] @ value
-        return context - self.scale * value_mean.transpose(1, 2)
+        return self.scale * value_mean
+
+    def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
+        return context - self.value_shift(value, state).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"gamma={self.scale}"

@@ -19,7 +19,8 @@ passed through the final LayerNorm first, else the deep un-normalised layers wou
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Iterable
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -36,8 +37,21 @@ CITATION = """@inproceedings{shi2022revisiting,
 }"""
 
 
+def needs_graph(hidden: torch.Tensor) -> bool:
+    """Whether autograd records this forward (training, or any forward that will be differentiated)."""
+    return torch.is_grad_enabled() and hidden.requires_grad
+
+
 class LayerFusion(nn.Module):
-    """Base class: `forward(layer_outputs)` maps L tensors `(B, n, d)` to one `(B, n, d)`."""
+    """Base class: maps the L layer outputs `(B, n, d)` to one `(B, n, d)`.
+
+    `forward(layer_outputs)` takes any iterable, and the encoders pass a generator that runs each layer only when the
+    fusion asks for its output: `partial = self.accumulate(partial, index, hidden)` folds it in (from `partial =
+    None`), and `self.finish(partial)` gives the result. Without autograd a fusion therefore keeps a running summary
+    instead of all L outputs, so inference holds about one layer's activations more than the unfused model. With
+    autograd the layer outputs are kept for backward anyway, and the fusions avoid stacking them into one more L-fold
+    copy. Going through `forward` keeps the fusion an ordinary module for hooks and PEFT's `modules_to_save`.
+    """
 
     name: ClassVar[str]
     citation: ClassVar[str] = CITATION
@@ -50,8 +64,29 @@ class LayerFusion(nn.Module):
     def reset_parameters(self) -> None:
         """Initialises the parameters with `transformers.initialization` (which skips loaded tensors)."""
 
+    def accumulate(self, partial: Any, layer_index: int, hidden: torch.Tensor) -> Any:
+        """Folds layer `layer_index`'s output into `partial` (None before the first layer) and returns the result."""
+        raise NotImplementedError
+
+    def finish(self, partial: Any) -> torch.Tensor:
+        """The fused `(B, n, d)` from the partial result after the last layer."""
+        raise NotImplementedError
+
+    def forward(self, layer_outputs: Iterable[torch.Tensor]) -> torch.Tensor:
+        partial, count = None, 0
+        for layer_index, hidden in enumerate(layer_outputs):
+            if layer_index >= self.num_layers:
+                raise ValueError(f"{type(self).__name__} fuses {self.num_layers} layers, got more.")
+            partial, count = self.accumulate(partial, layer_index, hidden), layer_index + 1
+        if count != self.num_layers:
+            raise ValueError(f"{type(self).__name__} fuses {self.num_layers} layers, got {count}.")
+        return self.finish(partial)
+
 
 class ConcatFusion(LayerFusion):
+    r"""Computed as :math:`\sum_l H^{(l)} W_l + b_c` with :math:`W_l` the l-th column block of :math:`W_c`: the same
+    arithmetic as the concatenation, without materialising the `(B, n, L·d)` copy."""
+
     name = "concat"
 
     def __init__(self, num_layers: int, hidden_size: int):
@@ -65,18 +100,71 @@ class ConcatFusion(LayerFusion):
         init.copy_(self.weight, select_last)
         init.zeros_(self.bias)
 
-    def forward(self, layer_outputs: list[torch.Tensor]) -> torch.Tensor:
-        return nn.functional.linear(torch.cat(layer_outputs, dim=-1), self.weight, self.bias)
+    def accumulate(self, partial, layer_index: int, hidden: torch.Tensor):
+        if partial is None:
+            # One split for all layers: its backward assembles the weight's gradient once, where slicing per layer
+            # would allocate a zero-filled (d, L·d) gradient for every layer.
+            partial = (self.weight.split(self.hidden_size, dim=1), None)
+        blocks, running_sum = partial
+        projected = nn.functional.linear(hidden, blocks[layer_index])
+        return blocks, projected if running_sum is None else running_sum + projected
+
+    def finish(self, partial) -> torch.Tensor:
+        return partial[1] + self.bias
+
+
+class _LayerwiseMax(torch.autograd.Function):
+    """Element-wise maximum over the layers that saves only which layer won (one byte per element), not the layers.
+
+    Ties send the whole gradient to the first layer that reached the maximum (like `torch.max(dim)`).
+    """
+
+    @staticmethod
+    def forward(ctx, *layers: torch.Tensor) -> torch.Tensor:
+        maximum = layers[0].clone()
+        index_dtype = torch.uint8 if len(layers) <= torch.iinfo(torch.uint8).max else torch.int16
+        winner = torch.zeros(maximum.shape, dtype=index_dtype, device=maximum.device)
+        for layer_index, layer in enumerate(layers[1:], start=1):
+            winner.masked_fill_(layer > maximum, layer_index)
+            torch.maximum(maximum, layer, out=maximum)
+        ctx.save_for_backward(winner)
+        ctx.num_layers = len(layers)
+        return maximum
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        (winner,) = ctx.saved_tensors
+        return tuple(grad.masked_fill(winner != layer_index, 0) for layer_index in range(ctx.num_layers))
 
 
 class MaxFusion(LayerFusion):
     name = "max"
 
-    def forward(self, layer_outputs: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(layer_outputs).amax(dim=0)
+    def accumulate(self, partial, layer_index: int, hidden: torch.Tensor):
+        if needs_graph(hidden):
+            return [hidden] if partial is None else [*partial, hidden]
+        if partial is None:
+            return hidden.clone()  # the layer output itself may still be returned in `hidden_states`
+        return torch.maximum(partial, hidden, out=partial)
+
+    def finish(self, partial) -> torch.Tensor:
+        return _LayerwiseMax.apply(*partial) if isinstance(partial, list) else partial
+
+
+class _OnlineSoftmax(NamedTuple):
+    """The gate's running state without autograd: Σ_l e^{z_l − m} h_l and Σ_l e^{z_l − m} for the running max m."""
+
+    max_logits: torch.Tensor
+    normaliser: torch.Tensor
+    weighted_sum: torch.Tensor
+    dtype: torch.dtype
 
 
 class GateFusion(LayerFusion):
+    """Without autograd, the softmax over layers is accumulated online (running maximum logit, rescaled weighted sum
+    and normaliser, in float32), so no layer output is kept."""
+
     name = "gate"
     initial_last_layer_weight = 0.99
 
@@ -93,14 +181,35 @@ class GateFusion(LayerFusion):
             layer_bias[-1] = math.log(weight * (self.num_layers - 1) / (1 - weight))
         init.copy_(self.layer_bias, layer_bias)
 
+    def gate_logits(self, layer_index: int, hidden: torch.Tensor) -> torch.Tensor:
+        r""":math:`w^\top h_i + b_l`, `(B, n)` in float32."""
+        return (hidden @ self.weight + self.layer_bias[layer_index]).float()
+
     def layer_weights(self, stacked_layers: torch.Tensor) -> torch.Tensor:
         """α: `(L, B, n, 1)` softmax weights over the layers, per token, for stacked outputs `(L, B, n, d)`."""
-        logits = stacked_layers @ self.weight + self.layer_bias[:, None, None]
-        return torch.softmax(logits.float(), dim=0).to(stacked_layers.dtype)[..., None]
+        logits = torch.stack([self.gate_logits(index, layer) for index, layer in enumerate(stacked_layers)])
+        return torch.softmax(logits, dim=0).to(stacked_layers.dtype)[..., None]
 
-    def forward(self, layer_outputs: list[torch.Tensor]) -> torch.Tensor:
-        stacked_layers = torch.stack(layer_outputs)
-        return (self.layer_weights(stacked_layers) * stacked_layers).sum(dim=0)
+    def accumulate(self, partial, layer_index: int, hidden: torch.Tensor):
+        logits = self.gate_logits(layer_index, hidden)
+        if needs_graph(hidden):
+            return [(hidden, logits)] if partial is None else [*partial, (hidden, logits)]
+        if partial is None:
+            return _OnlineSoftmax(logits, torch.ones_like(logits), hidden.to(torch.float32, copy=True), hidden.dtype)
+        new_max = torch.maximum(partial.max_logits, logits)
+        old_scale, new_scale = torch.exp(partial.max_logits - new_max), torch.exp(logits - new_max)
+        partial.weighted_sum.mul_(old_scale[..., None]).addcmul_(hidden, new_scale[..., None])
+        return partial._replace(max_logits=new_max, normaliser=partial.normaliser * old_scale + new_scale)
+
+    def finish(self, partial) -> torch.Tensor:
+        if isinstance(partial, _OnlineSoftmax):
+            return partial.weighted_sum.div_(partial.normaliser[..., None]).to(partial.dtype)
+        layers, logits = zip(*partial, strict=True)
+        weights = torch.softmax(torch.stack(logits), dim=0).to(layers[0].dtype)
+        fused = weights[0, ..., None] * layers[0]
+        for weight, layer in zip(weights[1:], layers[1:], strict=True):
+            fused = fused + weight[..., None] * layer
+        return fused
 
 
 FUSIONS: dict[str, type[LayerFusion]] = {cls.name: cls for cls in (ConcatFusion, MaxFusion, GateFusion)}

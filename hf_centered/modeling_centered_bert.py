@@ -31,7 +31,12 @@ from .configuration_centered import CenteredBertConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
-from .modeling_common import apply_corrections, corrected_attention, padding_mask_from_attention_mask
+from .modeling_common import (
+    apply_corrections,
+    corrected_attention,
+    padding_mask_from_attention_mask,
+    run_layers,
+)
 
 
 class CenteredBertSelfAttention(BertSelfAttention):
@@ -147,14 +152,12 @@ class CenteredBertEncoder(BertEncoder):
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
         first_values = self.layer[0].attention.self.project_values(hidden_states) if self.needs_first_values else None
-        # Only a fusion needs every layer's output; holding them otherwise keeps all activations alive in inference.
-        layer_outputs = [] if self.fusion is not None else None
-        for layer in self.layer:
-            hidden_states = layer(hidden_states, attention_mask, first_values, padding_mask=padding_mask, **kwargs)
-            if layer_outputs is not None:
-                layer_outputs.append(hidden_states)
+        layer_outputs = run_layers(self.layer, hidden_states, attention_mask, first_values, padding_mask, **kwargs)
         if self.fusion is not None:
             hidden_states = self.fusion(layer_outputs)
+        else:
+            for hidden_states in layer_outputs:  # noqa: B007 (the last one is the encoder's output)
+                pass
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 
 

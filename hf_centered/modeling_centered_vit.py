@@ -25,7 +25,12 @@ from .configuration_centered import CenteredViTConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
-from .modeling_common import apply_corrections, corrected_attention, padding_mask_from_attention_mask
+from .modeling_common import (
+    apply_corrections,
+    corrected_attention,
+    padding_mask_from_attention_mask,
+    run_layers,
+)
 
 # Custom-code classes skip transformers' built-in renaming of legacy ViT checkpoints; register it for our
 # model_type here, in the modeling file, so that remote code (trust_remote_code) registers it too.
@@ -160,16 +165,13 @@ class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
         if self.needs_first_values:
             first_layer = self.layers[0]
             first_values = first_layer.attention.project_values(first_layer.attention_input(hidden_states, state))
-        # Only a fusion needs every layer's output; holding them otherwise keeps all activations alive in inference.
-        layer_outputs = [] if self.fusion is not None else None
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask, first_values, padding_mask=padding_mask, **kwargs)
-            if layer_outputs is not None:
-                layer_outputs.append(hidden_states)
-        if self.fusion is None:
-            sequence_output = self.final_norm(hidden_states, state)
+        layer_outputs = run_layers(self.layers, hidden_states, attention_mask, first_values, padding_mask, **kwargs)
+        if self.fusion is not None:
+            sequence_output = self.fusion(self.final_norm(output, state) for output in layer_outputs)
         else:
-            sequence_output = self.fusion([self.final_norm(output, state) for output in layer_outputs])
+            for hidden_states in layer_outputs:  # noqa: B007 (the last one is the encoder's output)
+                pass
+            sequence_output = self.final_norm(hidden_states, state)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
 

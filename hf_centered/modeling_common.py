@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -18,6 +18,18 @@ def apply_corrections(corrections: nn.ModuleDict, tensor: torch.Tensor, *inputs)
     return tensor
 
 
+def run_layers(
+    layers: nn.ModuleList, hidden_states: torch.Tensor, attention_mask, first_values, padding_mask, **kwargs
+) -> Iterator[torch.Tensor]:
+    """Yields each encoder layer's output only when it is asked for, so that a fusion consumes them one at a time.
+
+    `first_values` goes positionally so that reentrant gradient checkpointing propagates its gradient.
+    """
+    for layer in layers:
+        hidden_states = layer(hidden_states, attention_mask, first_values, padding_mask=padding_mask, **kwargs)
+        yield hidden_states
+
+
 def corrected_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -31,13 +43,25 @@ def corrected_attention(
     """Runs the backend that `config._attn_implementation` names, then the module's attention-site corrections.
 
     `query/key/value` are `(B, H, n, d_h)`; returns the context `(B, n, H, d_h)` and the backend's weights (None for
-    fused backends). The corrections only need the context and V, so SDPA and flash keep working.
+    fused backends). The corrections only need the context and V, so SDPA and flash keep working. Without attention
+    dropout, the leading corrections that have a `value_shift` are folded into V instead (see `Correction.value_shift`).
     """
     attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
         module.config._attn_implementation, eager_attention_forward
     )
-    context, weights = attention_interface(module, query, key, value, attention_mask, **kwargs)
-    return apply_corrections(module.corrections, context, value, state), weights
+    corrections = list(module.corrections.values())
+    backend_value = value
+    # Only a leading run is folded: a correction applied after a non-shift one need not commute with it.
+    while corrections and not kwargs.get("dropout"):
+        shift = corrections[0].value_shift(value, state)
+        if shift is None:
+            break
+        backend_value = backend_value - shift
+        corrections.pop(0)
+    context, weights = attention_interface(module, query, key, backend_value, attention_mask, **kwargs)
+    for correction in corrections:
+        context = correction(context, value, state)
+    return context, weights
 
 
 def padding_mask_from_attention_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:

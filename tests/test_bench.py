@@ -36,6 +36,8 @@ def test_reference_style_twin_computes_the_same_function(method, architecture, t
     assert twin.config._attn_implementation == "eager"
     if method in bench_run.METHODS and not method.startswith("fusion:"):
         assert not any(type(module).__module__.startswith("hf_centered.correction") for module in twin.modules())
+    if method.startswith("fusion:"):
+        assert any(type(module).__name__ == "ReferenceFusion" for module in twin.modules())
     model.train(training)
     twin.train(training)
     with torch.no_grad():

@@ -10,6 +10,7 @@ from conftest import ALL_CORRECTIONS, CORRECTIONS, FUSIONS, bert_config, bert_in
 from reference import bert_forward, vit_forward
 
 from hf_centered import CenteredBertModel, CenteredViTModel
+from hf_centered.correction_base import ATTENTION_SITE, CorrectionState
 from hf_centered.corrections import CORRECTIONS as REGISTRY
 
 METHOD_SETS = [[name] for name in CORRECTIONS] + [ALL_CORRECTIONS]
@@ -175,3 +176,43 @@ def test_padding_mask_recovered_from_every_backend_mask(mask_form):
     assert padding_mask_from_attention_mask(None, *padding.shape) is None
     with pytest.raises(ValueError, match="BlockMask"):
         padding_mask_from_attention_mask(object(), *padding.shape)
+
+
+@pytest.mark.parametrize("name", [name for name in CORRECTIONS if REGISTRY[name].site == ATTENTION_SITE])
+def test_value_shift_folds_exactly_into_the_attention(name):
+    """A correction with a `value_shift` T gives A·(V − T) = its own result on A·V, for any row-stochastic A."""
+    correction = REGISTRY[name](bert_config(correction=name), layer_idx=1)
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, seq_len, head_size = 3, 4, 7, 9
+    value, first_values = torch.randn(2, batch, heads, seq_len, head_size, generator=generator)
+    real = bert_inputs()["attention_mask"].bool()
+    scores = torch.randn(batch, heads, seq_len, seq_len, generator=generator)
+    weights = torch.softmax(scores.masked_fill(~real[:, None, None, :], float("-inf")), dim=-1)
+    state = CorrectionState(padding_mask=real, first_values=first_values)
+    expected = correction((weights @ value).transpose(1, 2), value, state)
+    shift = correction.value_shift(value, state)
+    if shift is None:  # a token-wise term (NeuTRENO) has no such form
+        assert not torch.allclose(expected, (weights @ value).transpose(1, 2))
+    else:
+        assert shift.shape == (batch, heads, 1, head_size)
+        torch.testing.assert_close((weights @ (value - shift)).transpose(1, 2), expected)
+
+
+def test_centered_attention_with_dropout_subtracts_after_the_dropout():
+    """With attention dropout the rows of Drop(A) no longer sum to 1: the mean is subtracted after the backend."""
+    config = bert_config(correction="centered", attention_probs_dropout_prob=0.5, attn_implementation="eager")
+    attention = CenteredBertModel(config).encoder.layer[1].attention.self.train()
+    hidden = torch.randn(3, 7, config.hidden_size, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        actual, _ = attention(hidden)
+        heads = [
+            projection(hidden).view(3, 7, config.num_attention_heads, -1).transpose(1, 2)
+            for projection in (attention.query, attention.key, attention.value)
+        ]
+        query, key, value = heads
+        weights = torch.softmax(query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5, dim=-1)
+        torch.manual_seed(5)
+        weights = torch.nn.functional.dropout(weights, p=0.5, training=True)
+        context = weights @ value - config.centered_scale * value.mean(dim=2, keepdim=True)
+    torch.testing.assert_close(actual, context.transpose(1, 2).reshape(3, 7, -1))
