@@ -47,6 +47,9 @@ class Correction(nn.Module):
     """The config fields this correction reads (for model cards and docs)."""
     site: ClassVar[str]
     needs_first_values: ClassVar[bool] = False
+    saved_activations: ClassVar[int]
+    """Its memory cost in training: how many more `(B, n, d)` tensors backward keeps per corrected layer than the stock
+    layer does, without attention dropout (the tests count them)."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__()

@@ -17,8 +17,7 @@ Arguments ↔ symbols: `config.centered_scale` = γ (1.0 = the paper's centering
 The correction is applied after attention dropout. Without attention dropout (inference, or
 `attention_probs_dropout_prob=0`) it is computed as :math:`A(V - \gamma\mathbf 1\bar v^\top)`, equal because each
 row of A sums to 1, so that the fused kernel's output is already the corrected context and backward keeps no extra
-tensor. `output_attentions` returns the backend's softmax weights A,
-not Ã (which has negative entries).
+tensor. `output_attentions` returns the backend's softmax weights A, not Ã (which has negative entries).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ class CenteredAttention(Correction):
     strength_field = "centered_scale"
     hyperparameters = ("centered_scale",)
     site = ATTENTION_SITE
+    saved_activations = 0
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)

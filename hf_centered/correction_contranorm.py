@@ -40,6 +40,7 @@ class ContraNorm(Correction):
     strength_field = "contranorm_scale"
     hyperparameters = ("contranorm_scale", "contranorm_tau")
     site = BEFORE_NORM_SITE
+    saved_activations = 3  # the unit directions (q = k), the kernel's output and the corrected tokens
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)

@@ -56,6 +56,7 @@ class DifferentiableGroupNorm(Correction):
     strength_field = "dgn_lambda"
     hyperparameters = ("dgn_groups", "dgn_lambda", "dgn_momentum")
     site = LAYER_OUTPUT_SITE
+    saved_activations = 3
     eps = 1e-5
 
     def __init__(self, config, layer_idx: int):

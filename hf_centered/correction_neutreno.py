@@ -38,6 +38,7 @@ class NeuTRENO(Correction):
     strength_field = "neutreno_lambda"
     hyperparameters = ("neutreno_lambda",)
     site = ATTENTION_SITE
+    saved_activations = 1  # the corrected context, which the output projection keeps next to the kernel's output
     needs_first_values = True
 
     def __init__(self, config, layer_idx: int):

@@ -37,9 +37,9 @@ CITATION = """@inproceedings{shi2022revisiting,
 }"""
 
 
-def needs_graph(hidden: torch.Tensor) -> bool:
-    """Whether autograd records this forward (training, or any forward that will be differentiated)."""
-    return torch.is_grad_enabled() and hidden.requires_grad
+def needs_graph(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records a computation on these tensors (then no in-place running state may be used)."""
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
 
 
 class LayerFusion(nn.Module):
@@ -55,6 +55,9 @@ class LayerFusion(nn.Module):
 
     name: ClassVar[str]
     citation: ClassVar[str] = CITATION
+    saved_activations: ClassVar[int] = 1
+    """How many more `(B, n, d)` tensors backward keeps than the unfused model, in all (the tests count them): the last
+    layer's output, which the unfused model returns without keeping it."""
 
     def __init__(self, num_layers: int, hidden_size: int):
         super().__init__()
@@ -140,6 +143,7 @@ class _LayerwiseMax(torch.autograd.Function):
 
 class MaxFusion(LayerFusion):
     name = "max"
+    saved_activations = 0  # the winning layers' indices take a quarter of one float32 tensor
 
     def accumulate(self, partial, layer_index: int, hidden: torch.Tensor):
         if needs_graph(hidden):
@@ -192,7 +196,7 @@ class GateFusion(LayerFusion):
 
     def accumulate(self, partial, layer_index: int, hidden: torch.Tensor):
         logits = self.gate_logits(layer_index, hidden)
-        if needs_graph(hidden):
+        if needs_graph(hidden, logits):
             return [(hidden, logits)] if partial is None else [*partial, (hidden, logits)]
         if partial is None:
             return _OnlineSoftmax(logits, torch.ones_like(logits), hidden.to(torch.float32, copy=True), hidden.dtype)

@@ -31,12 +31,7 @@ from .configuration_centered import CenteredBertConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
-from .modeling_common import (
-    apply_corrections,
-    corrected_attention,
-    padding_mask_from_attention_mask,
-    run_layers,
-)
+from .modeling_common import apply_corrections, corrected_attention, padding_mask_from_attention_mask, run_layers
 
 
 class CenteredBertSelfAttention(BertSelfAttention):

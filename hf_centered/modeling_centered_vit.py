@@ -25,12 +25,7 @@ from .configuration_centered import CenteredViTConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
-from .modeling_common import (
-    apply_corrections,
-    corrected_attention,
-    padding_mask_from_attention_mask,
-    run_layers,
-)
+from .modeling_common import apply_corrections, corrected_attention, padding_mask_from_attention_mask, run_layers
 
 # Custom-code classes skip transformers' built-in renaming of legacy ViT checkpoints; register it for our
 # model_type here, in the modeling file, so that remote code (trust_remote_code) registers it too.

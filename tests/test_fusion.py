@@ -29,21 +29,27 @@ def _layers(seed: int = 0) -> list[torch.Tensor]:
     return [torch.randn(BATCH, SEQ_LEN, WIDTH, generator=generator) for _ in range(NUM_LAYERS)]
 
 
-def _gradients(output: torch.Tensor, layers: list[torch.Tensor], fusion: torch.nn.Module) -> list[torch.Tensor]:
+def _gradients(output: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(2))
-    return torch.autograd.grad(output, [*layers, *fusion.parameters()], upstream)
+    return torch.autograd.grad(output, inputs, upstream)
 
 
 @pytest.mark.parametrize("name", [name for name in FUSIONS if name != "none"])
-def test_streamed_fusion_equals_explicit_formula_with_and_without_autograd(name):
+@pytest.mark.parametrize("frozen_layers", [False, True], ids=["trained", "frozen"])
+def test_streamed_fusion_equals_explicit_formula_with_and_without_autograd(name, frozen_layers):
+    """`frozen`: the layer outputs need no gradient (a frozen backbone) while the fusion's own parameters do."""
     fusion = _fusion(name)
     config = SimpleNamespace(fusion=name)
-    layers = [layer.requires_grad_() for layer in _layers()]
+    layers = [layer.requires_grad_(not frozen_layers) for layer in _layers()]
     expected = fuse(config, fusion, layers)
     actual = fusion(layers)
     torch.testing.assert_close(actual, expected)
-    for got, want in zip(_gradients(actual, layers, fusion), _gradients(expected, layers, fusion), strict=True):
-        torch.testing.assert_close(got, want)
+    if actual.requires_grad:
+        inputs = [*([] if frozen_layers else layers), *fusion.parameters()]
+        for got, want in zip(_gradients(actual, inputs), _gradients(expected, inputs), strict=True):
+            torch.testing.assert_close(got, want)
+    else:  # max has no parameters: nothing to differentiate when its inputs are frozen
+        assert name == "max" and frozen_layers
     with torch.no_grad():
         streamed = fusion([layer.clone() for layer in layers])
     torch.testing.assert_close(streamed, expected.detach())

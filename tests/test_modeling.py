@@ -330,3 +330,46 @@ def test_invalid_assignment_is_caught_when_building_a_model():
     config.correction = "bogus"
     with pytest.raises(ValueError, match="correction"):
         CenteredBertModel(config)
+
+
+def _saved_for_backward(model: torch.nn.Module, inputs: dict, activation_bytes: int) -> tuple[int, list[torch.Tensor]]:
+    """How many storages of at least `activation_bytes` autograd saves for backward (parameters excluded; views
+    count once), and every floating-point tensor saved."""
+    parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    large, floating = set(), []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters and storage.nbytes() >= activation_bytes:
+            large.add(storage.data_ptr())
+        if tensor.is_floating_point():
+            floating.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**inputs)
+    return len(large), floating
+
+
+@pytest.mark.parametrize("method", [*CORRECTIONS, *(f"fusion:{name}" for name in FUSIONS if name != "none")])
+def test_backward_keeps_only_the_declared_extra_activations(method):
+    """A method's `saved_activations` is exactly what training BERT costs on top of the stock model, counted in
+    `(B, n, d)` tensors that autograd saves (each correction per call), and nothing n×n is saved: SDPA keeps none."""
+    kwargs = {"fusion": method.split(":")[1]} if method.startswith("fusion:") else {"correction": method}
+    inputs = bert_inputs()
+    batch, seq_len = inputs["input_ids"].shape
+    activation_bytes = batch * seq_len * bert_config().hidden_size * 4
+    counts = {}
+    for variant, config in [("stock", bert_config(correction="none")), ("ours", bert_config(**kwargs))]:
+        torch.manual_seed(0)
+        model = CenteredBertModel(config).train()
+        counts[variant], floating = _saved_for_backward(model, inputs, activation_bytes)
+    if method.startswith("fusion:"):
+        expected = model.encoder.fusion.saved_activations
+    else:  # in BERT each instance acts once per forward
+        instances = [module for module in model.modules() if isinstance(module, REGISTRY[method])]
+        expected = REGISTRY[method].saved_activations * len(instances)
+        assert instances
+    assert counts["ours"] - counts["stock"] == expected
+    # SDPA on CPU also saves the padding mask as an additive (B, 1, n, n) float tensor; it needs no gradient.
+    assert not any(tensor.requires_grad and tensor.shape[-2:] == (seq_len, seq_len) for tensor in floating)
