@@ -807,10 +807,8 @@ def findings(results: Results) -> list[str]:
         + "; every other correction is within two standard errors of it."
     )
     seed = plan.seeds[0]
-    after = {
-        variant: results[f"text/{variant}/seed{seed}"]["profile"]["cosine_similarity"][-1] for variant in variants()
-    }
-    before = results[f"pretrained/{BASELINE}"]["profile"]["cosine_similarity"][-1]
+    after = {variant: last_layer_cosine(results[f"text/{variant}/seed{seed}"]) for variant in variants()}
+    before = last_layer_cosine(results[f"pretrained/{BASELINE}"])
     least = min(after, key=after.get)
     lines.append(
         f"- Fine-tuning raises MiniLM's last-layer cosine similarity (`none`, seed {seed}: {before:.3f} → "
