@@ -31,7 +31,13 @@ from .configuration_centered import CenteredBertConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
-from .modeling_common import apply_corrections, corrected_attention, padding_mask_from_attention_mask, run_layers
+from .modeling_common import (
+    apply_corrections,
+    corrected_attention,
+    last_output,
+    padding_mask_from_attention_mask,
+    run_layers,
+)
 
 
 class CenteredBertSelfAttention(BertSelfAttention):
@@ -148,11 +154,7 @@ class CenteredBertEncoder(BertEncoder):
         padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
         first_values = self.layer[0].attention.self.project_values(hidden_states) if self.needs_first_values else None
         layer_outputs = run_layers(self.layer, hidden_states, attention_mask, first_values, padding_mask, **kwargs)
-        if self.fusion is not None:
-            hidden_states = self.fusion(layer_outputs)
-        else:
-            for hidden_states in layer_outputs:  # noqa: B007 (the last one is the encoder's output)
-                pass
+        hidden_states = self.fusion(layer_outputs) if self.fusion is not None else last_output(layer_outputs)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 
 

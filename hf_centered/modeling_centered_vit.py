@@ -25,7 +25,13 @@ from .configuration_centered import CenteredViTConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
-from .modeling_common import apply_corrections, corrected_attention, padding_mask_from_attention_mask, run_layers
+from .modeling_common import (
+    apply_corrections,
+    corrected_attention,
+    last_output,
+    padding_mask_from_attention_mask,
+    run_layers,
+)
 
 # Custom-code classes skip transformers' built-in renaming of legacy ViT checkpoints; register it for our
 # model_type here, in the modeling file, so that remote code (trust_remote_code) registers it too.
@@ -164,9 +170,7 @@ class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
         if self.fusion is not None:
             sequence_output = self.fusion(self.final_norm(output, state) for output in layer_outputs)
         else:
-            for hidden_states in layer_outputs:  # noqa: B007 (the last one is the encoder's output)
-                pass
-            sequence_output = self.final_norm(hidden_states, state)
+            sequence_output = self.final_norm(last_output(layer_outputs), state)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
 

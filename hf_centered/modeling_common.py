@@ -30,6 +30,13 @@ def run_layers(
         yield hidden_states
 
 
+def last_output(layer_outputs: Iterator[torch.Tensor]) -> torch.Tensor:
+    """Runs every layer of `run_layers` and returns the last one's output, holding no earlier output."""
+    for hidden_states in layer_outputs:  # noqa: B007 (only the last one is kept)
+        pass
+    return hidden_states
+
+
 def corrected_attention(
     module: nn.Module,
     query: torch.Tensor,
