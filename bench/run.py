@@ -336,6 +336,31 @@ def write_markdown(path: Path, results: dict) -> None:
     write_generated_section(path, markdown_report(results), REPORT_BEGIN, REPORT_END)
 
 
+def report_order(results: dict) -> dict:
+    """The results with cases ordered by model (as in `MODEL_SIZES`), length and mode, and methods as listed in
+    `--methods`' choices, whatever order `--resume` runs added them in."""
+    method_order = ["none", *METHODS]
+    model_order = list(MODEL_SIZES)
+
+    def by_method(timing: dict) -> int:
+        return method_order.index(timing["method"])
+
+    def by_case(case_result: dict) -> tuple[int, int, int]:
+        case = case_result["case"]
+        return model_order.index(case["model"]), case["seq_len"], MODES.index(case["mode"])
+
+    cases = [{**result, "timing": sorted(result["timing"], key=by_method)} for result in results["cases"]]
+    return {**results, "cases": sorted(cases, key=by_case)}
+
+
+def save_results(results: dict, args: argparse.Namespace) -> None:
+    ordered = report_order(results)
+    if args.json is not None:
+        args.json.write_text(json.dumps(ordered, indent=2) + "\n")
+    if args.markdown is not None:
+        write_markdown(args.markdown, ordered)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="MiniLM-size BERT at 128 tokens only, 3 rounds")
@@ -351,7 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--json", type=Path, default=None, help="results file (default: none for --quick)")
     parser.add_argument("--markdown", type=Path, default=None, help="e.g. docs/PERFORMANCE.md")
-    parser.add_argument("--resume", action="store_true", help="keep the cases already in --json, measure the rest")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cases and methods already in --json, measure the rest")  # fmt: skip
     parser.add_argument("--report-from", type=Path, default=None, help="only rewrite --markdown from a results JSON")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -371,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.report_from is not None:
         if args.markdown is None:
             raise SystemExit("--report-from needs --markdown")
-        results = json.loads(args.report_from.read_text())
+        results = report_order(json.loads(args.report_from.read_text()))
         write_markdown(args.markdown, results)
         return results
     settings = {key: value for key, value in vars(args).items() if key in RECORDED_SETTINGS}
@@ -382,16 +408,19 @@ def main(argv: list[str] | None = None) -> dict:
         if different:
             raise SystemExit(f"--resume: {args.json} was measured with other {', '.join(different)}")
         results["cases"] = previous["cases"]
-    done = [case_result["case"] for case_result in results["cases"]]
     for case in cases_for(args):
-        if asdict(case) in done:
-            continue
-        case_result = {"case": asdict(case), "timing": [], "memory": {}}
+        case_result = next((result for result in results["cases"] if result["case"] == asdict(case)), None)
+        if case_result is None:
+            case_result = {"case": asdict(case), "timing": [], "memory": {}}
+            results["cases"].append(case_result)
+        measured = {timing["method"] for timing in case_result["timing"]}
         for method in args.methods:  # "none": its reference-style twin is the stock model on eager attention
+            if method in measured:
+                continue
             timing = time_case(case, method, args)
-            case_result["timing"].append({"method": method, "result": timing})
             if not args.no_memory:
                 case_result["memory"][method] = measure_memory(case, method, args)
+            case_result["timing"].append({"method": method, "result": timing})
             ours_over_stock = timing["ours_over_stock"]["median"]
             ours_over_reference = timing["ours_over_reference"]["median"]
             print(
@@ -399,13 +428,9 @@ def main(argv: list[str] | None = None) -> dict:
                 f"ours/stock {ours_over_stock:.3f}  ours/reference {ours_over_reference:.3f}",
                 flush=True,
             )
-        results["cases"].append(case_result)
-        # Saved after every case: a long run that is stopped keeps what it measured (and `--resume` goes on).
-        if args.json is not None:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        if args.markdown is not None:
-            write_markdown(args.markdown, results)
-    return results
+            # Saved after every method: a long run that is stopped keeps what it measured (`--resume` goes on).
+            save_results(results, args)
+    return report_order(results)
 
 
 if __name__ == "__main__":

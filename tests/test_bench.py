@@ -88,6 +88,53 @@ def test_resume_keeps_measured_cases(tmp_path, monkeypatch):
         bench_run.main([*argv, "--rounds", "2", "--resume"])
 
 
+def test_resume_goes_on_inside_a_stopped_case_and_keeps_the_report_order(tmp_path, monkeypatch):
+    results_file = tmp_path / "results.json"
+    argv = ["--quick", "--no-memory", "--methods", "centered", "none", "--json", str(results_file)]
+    ratio = {"median": 1.0, "min": 1.0, "max": 1.0}
+    canned = dict.fromkeys(("stock_seconds", "ours_over_stock", "reference_over_stock", "ours_over_reference"), ratio)
+    measured = []
+
+    def fake_time_case(case, method, args):
+        if (case.mode, method) == ("forward", "none") and "resumed" not in measured:
+            raise KeyboardInterrupt  # stopped during the first case's second method
+        measured.append((case.mode, method))
+        return canned
+
+    monkeypatch.setattr(bench_run, "time_case", fake_time_case)
+    with pytest.raises(KeyboardInterrupt):
+        bench_run.main(argv)
+    saved = json.loads(results_file.read_text())["cases"]
+    assert [(case["case"]["mode"], [t["method"] for t in case["timing"]]) for case in saved] == [
+        ("forward", ["centered"])
+    ]
+
+    measured.append("resumed")
+    results = bench_run.main([*argv, "--resume"])
+    assert measured == [
+        ("forward", "centered"), "resumed", ("forward", "none"), ("forward+backward", "centered"),
+        ("forward+backward", "none"),
+    ]  # fmt: skip
+    # Reported in the canonical order (stock first), not in the order measured.
+    assert [[t["method"] for t in case["timing"]] for case in results["cases"]] == [["none", "centered"]] * 2
+    assert json.loads(results_file.read_text())["cases"] == results["cases"]
+
+
+def test_report_orders_cases_by_model_then_length_then_mode():
+    def case(model, seq_len, mode):
+        return {"case": {"model": model, "seq_len": seq_len, "batch_size": 1, "mode": mode}, "timing": [], "memory": {}}
+
+    shuffled = [
+        case("vit-small", 197, "forward"), case("base", 128, "forward+backward"), case("minilm", 2048, "forward"),
+        case("base", 128, "forward"), case("minilm", 128, "forward"),
+    ]  # fmt: skip
+    ordered = bench_run.report_order({"cases": shuffled})["cases"]
+    assert [(c["case"]["model"], c["case"]["seq_len"], c["case"]["mode"]) for c in ordered] == [
+        ("minilm", 128, "forward"), ("minilm", 2048, "forward"), ("base", 128, "forward"),
+        ("base", 128, "forward+backward"), ("vit-small", 197, "forward"),
+    ]  # fmt: skip
+
+
 _compile_spec = importlib.util.spec_from_file_location("bench_run_compile", BENCH_DIR / "run_compile.py")
 bench_compile = importlib.util.module_from_spec(_compile_spec)
 _compile_spec.loader.exec_module(bench_compile)
