@@ -49,8 +49,10 @@ class LayerFusion(nn.Module):
     fusion asks for its output: `partial = self.accumulate(partial, index, hidden)` folds it in (from `partial =
     None`), and `self.finish(partial)` gives the result. Without autograd a fusion therefore keeps a running summary
     instead of all L outputs, so inference holds about one layer's activations more than the unfused model. With
-    autograd the layer outputs are kept for backward anyway, and the fusions avoid stacking them into one more L-fold
-    copy. Going through `forward` keeps the fusion an ordinary module for hooks and PEFT's `modules_to_save`.
+    autograd, what each layer's step records is recorded right after that layer, so backward hands the layer its
+    share of the gradient when it reaches the layer, not all L layer-sized gradients at once at its start (the peak of
+    training memory); and no stacked L-fold copy is made. Going through `forward` keeps the fusion an ordinary module
+    for hooks and PEFT's `modules_to_save`.
     """
 
     name: ClassVar[str]
@@ -116,48 +118,29 @@ class ConcatFusion(LayerFusion):
         return partial[1] + self.bias
 
 
-class _LayerwiseMax(torch.autograd.Function):
-    """Element-wise maximum over the layers that saves only which layer won (one byte per element), not the layers.
-
-    Ties send the whole gradient to the first layer that reached the maximum (like `torch.max(dim)`).
-    """
-
-    @staticmethod
-    def forward(ctx, *layers: torch.Tensor) -> torch.Tensor:
-        maximum = layers[0].clone()
-        index_dtype = torch.uint8 if len(layers) <= torch.iinfo(torch.uint8).max else torch.int16
-        winner = torch.zeros(maximum.shape, dtype=index_dtype, device=maximum.device)
-        for layer_index, layer in enumerate(layers[1:], start=1):
-            winner.masked_fill_(layer > maximum, layer_index)
-            torch.maximum(maximum, layer, out=maximum)
-        ctx.save_for_backward(winner)
-        ctx.num_layers = len(layers)
-        return maximum
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        (winner,) = ctx.saved_tensors
-        return tuple(grad.masked_fill(winner != layer_index, 0) for layer_index in range(ctx.num_layers))
-
-
 class MaxFusion(LayerFusion):
+    """A running element-wise maximum. With autograd, each layer's step `torch.where(h > m, h, m)` saves only its
+    boolean mask (a quarter of a float32 tensor per layer) and, being recorded right after its layer, hands each
+    layer its gradient when backward reaches that layer rather than all L at once. Ties keep the first layer (like
+    `torch.max(dim)`); NaN propagates (like `torch.maximum`)."""
+
     name = "max"
-    saved_activations = 0  # the winning layers' indices take a quarter of one float32 tensor
+    saved_activations = 0  # one boolean mask per layer, a quarter of a float32 tensor each
 
     def accumulate(self, partial, layer_index: int, hidden: torch.Tensor):
-        if needs_graph(hidden):
-            return [hidden] if partial is None else [*partial, hidden]
         if partial is None:
-            return hidden.clone()  # the layer output itself may still be returned in `hidden_states`
+            return hidden if needs_graph(hidden) else hidden.clone()  # `hidden` may still be returned as is
+        if needs_graph(partial, hidden):
+            return torch.where((hidden > partial) | hidden.isnan(), hidden, partial)
         return torch.maximum(partial, hidden, out=partial)
 
     def finish(self, partial) -> torch.Tensor:
-        return _LayerwiseMax.apply(*partial) if isinstance(partial, list) else partial
+        return partial
 
 
 class _OnlineSoftmax(NamedTuple):
-    """The gate's running state without autograd: Σ_l e^{z_l − m} h_l and Σ_l e^{z_l − m} for the running max m."""
+    """The gate's running state: Σ_l e^{z_l − m} h_l and Σ_l e^{z_l − m} in float32, for the running maximum logit m
+    (without gradient: the fused output does not depend on m)."""
 
     max_logits: torch.Tensor
     normaliser: torch.Tensor
@@ -165,9 +148,29 @@ class _OnlineSoftmax(NamedTuple):
     dtype: torch.dtype
 
 
+class _Normalise(torch.autograd.Function):
+    """`(weighted_sum / normaliser).to(dtype)` that saves its output rather than the float32 weighted sum:
+    ∂/∂S = g / Z and ∂/∂Z = −⟨g, y⟩ / Z."""
+
+    @staticmethod
+    def forward(ctx, weighted_sum: torch.Tensor, normaliser: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        fused = (weighted_sum / normaliser[..., None]).to(dtype)
+        ctx.save_for_backward(fused, normaliser)
+        return fused
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        fused, normaliser = ctx.saved_tensors
+        grad_sum = grad.float() / normaliser[..., None]
+        grad_normaliser = -(grad_sum * fused).sum(dim=-1)
+        return grad_sum, grad_normaliser, None
+
+
 class GateFusion(LayerFusion):
-    """Without autograd, the softmax over layers is accumulated online (running maximum logit, rescaled weighted sum
-    and normaliser, in float32), so no layer output is kept."""
+    """The softmax over layers is accumulated online, layer by layer (rescaled weighted sum and normaliser, in float32),
+    so no stacked copy is made and nothing is kept without autograd. With autograd, each layer's step saves only that
+    layer's output and its (B, n) weight, and gives the layer its gradient when backward reaches it."""
 
     name = "gate"
     initial_last_layer_weight = 0.99
@@ -196,24 +199,23 @@ class GateFusion(LayerFusion):
 
     def accumulate(self, partial, layer_index: int, hidden: torch.Tensor):
         logits = self.gate_logits(layer_index, hidden)
-        if needs_graph(hidden, logits):
-            return [(hidden, logits)] if partial is None else [*partial, (hidden, logits)]
         if partial is None:
-            return _OnlineSoftmax(logits, torch.ones_like(logits), hidden.to(torch.float32, copy=True), hidden.dtype)
-        new_max = torch.maximum(partial.max_logits, logits)
+            max_logits = logits.detach()
+            scale = torch.exp(logits - max_logits)  # ones that carry the logits' gradient
+            return _OnlineSoftmax(max_logits, scale, hidden * scale[..., None], hidden.dtype)
+        new_max = torch.maximum(partial.max_logits, logits.detach())
         old_scale, new_scale = torch.exp(partial.max_logits - new_max), torch.exp(logits - new_max)
-        partial.weighted_sum.mul_(old_scale[..., None]).addcmul_(hidden, new_scale[..., None])
-        return partial._replace(max_logits=new_max, normaliser=partial.normaliser * old_scale + new_scale)
+        if needs_graph(partial.weighted_sum, hidden, logits):
+            weighted_sum = partial.weighted_sum * old_scale[..., None] + hidden * new_scale[..., None]
+        else:
+            weighted_sum = partial.weighted_sum.mul_(old_scale[..., None]).addcmul_(hidden, new_scale[..., None])
+        normaliser = partial.normaliser * old_scale + new_scale
+        return _OnlineSoftmax(new_max, normaliser, weighted_sum, partial.dtype)
 
-    def finish(self, partial) -> torch.Tensor:
-        if isinstance(partial, _OnlineSoftmax):
-            return partial.weighted_sum.div_(partial.normaliser[..., None]).to(partial.dtype)
-        layers, logits = zip(*partial, strict=True)
-        weights = torch.softmax(torch.stack(logits), dim=0).to(layers[0].dtype)
-        fused = weights[0, ..., None] * layers[0]
-        for weight, layer in zip(weights[1:], layers[1:], strict=True):
-            fused = fused + weight[..., None] * layer
-        return fused
+    def finish(self, partial: _OnlineSoftmax) -> torch.Tensor:
+        if needs_graph(partial.weighted_sum, partial.normaliser):
+            return _Normalise.apply(partial.weighted_sum, partial.normaliser, partial.dtype)
+        return partial.weighted_sum.div_(partial.normaliser[..., None]).to(partial.dtype)
 
 
 FUSIONS: dict[str, type[LayerFusion]] = {cls.name: cls for cls in (ConcatFusion, MaxFusion, GateFusion)}

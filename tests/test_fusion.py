@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import FUSIONS
 from reference import fuse
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_centered.fusion import FUSIONS as REGISTRY
 
@@ -70,13 +71,73 @@ def test_max_fusion_gives_a_tied_maximum_to_the_first_layer():
     assert all(not gradient.any() for gradient in gradients[1:])
 
 
-def test_gate_fusion_without_autograd_is_stable_for_extreme_logits():
+@pytest.mark.parametrize("autograd", [False, True], ids=["inference", "training"])
+def test_gate_fusion_is_stable_for_extreme_logits(autograd):
     """The online softmax rescales its running sums, so logits far beyond float32's exp range still fuse."""
     fusion = _fusion("gate")
     with torch.no_grad():
         fusion.layer_bias.copy_(torch.tensor([0.0, 500.0, -300.0, 900.0, 899.0]))
-        layers = _layers()
+    layers = [layer.requires_grad_(autograd) for layer in _layers()]
+    with torch.set_grad_enabled(autograd):
         streamed = fusion(layers)
     expected = fuse(SimpleNamespace(fusion="gate"), fusion, layers)
     assert torch.isfinite(streamed).all()
     torch.testing.assert_close(streamed, expected)
+    if autograd:
+        inputs = [*layers, *fusion.parameters()]
+        for got, want in zip(_gradients(streamed, inputs), _gradients(expected, inputs), strict=True):
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("autograd", [False, True], ids=["inference", "training"])
+def test_max_fusion_propagates_nan_like_torch_maximum(autograd):
+    layers = [layer.requires_grad_(autograd) for layer in _layers()]
+    with torch.no_grad():
+        layers[2][0, 0, 0] = float("nan")
+    with torch.set_grad_enabled(autograd):
+        fused = _fusion("max")(layers)
+    assert torch.equal(fused.isnan(), fuse(SimpleNamespace(fusion="max"), None, layers).isnan())
+    assert fused.isnan().sum() == 1
+
+
+class _LayerSizedResults(TorchDispatchMode):
+    """Logs every operation that makes a new tensor of the given shape (views and detaches excluded)."""
+
+    def __init__(self, shape: torch.Size, log: list):
+        super().__init__()
+        self.shape, self.log = shape, log
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if isinstance(result, torch.Tensor) and result.shape == self.shape and not func.is_view:
+            self.log.append(func)
+        return result
+
+
+@pytest.mark.parametrize("name", [name for name in FUSIONS if name != "none"])
+def test_backward_gives_each_layer_its_gradient_when_it_reaches_that_layer(name):
+    """The fusion's backward must not make all L layer-sized gradients at its start (they would all be alive at the
+    peak of training memory): before the last layer's gradient is complete, only a few layer-sized results exist."""
+    num_layers = 24
+    fusion = REGISTRY[name](num_layers, WIDTH)
+    fusion.reset_parameters()
+    generator = torch.Generator().manual_seed(3)
+    projections = [torch.randn(WIDTH, WIDTH, generator=generator) / WIDTH**0.5 for _ in range(num_layers)]
+    first = torch.randn(BATCH, SEQ_LEN, WIDTH, generator=generator, requires_grad=True)
+    log = []
+
+    def layer_outputs():
+        hidden = first
+        for index, projection in enumerate(projections):
+            hidden = torch.tanh(hidden @ projection)
+            hidden.register_hook(lambda grad, index=index: log.append(index))  # runs once the gradient is complete
+            yield hidden
+
+    fused = fusion(layer_outputs())
+    upstream = torch.ones_like(fused)
+    with _LayerSizedResults(fused.shape, log):
+        fused.backward(upstream)
+    layer_sized_before_last_layer = log[: log.index(num_layers - 1)]
+    assert len(layer_sized_before_last_layer) <= 8, layer_sized_before_last_layer
+    assert sorted(entry for entry in log if isinstance(entry, int)) == list(range(num_layers))
