@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import (
     METHODS,
+    MODES,
     Case,
     build_models,
     format_ratio,
@@ -107,6 +108,17 @@ def markdown_report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def report_order(results: dict) -> dict:
+    """The results ordered by mode and then method as listed in `--methods`' choices, whatever order resumed runs
+    measured them in."""
+    method_order = ["none", *METHODS]
+
+    def by_mode_and_method(entry: dict) -> tuple[int, int]:
+        return MODES.index(entry["case"]["mode"]), method_order.index(entry["method"])
+
+    return {**results, "cases": sorted(results["cases"], key=by_mode_and_method)}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="forward only, none and centered, 3 rounds")
@@ -115,22 +127,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-sample-seconds", type=float, default=0.25, help="repeat short steps up to this long")
     parser.add_argument("--json", type=Path, default=None, help="results file")
     parser.add_argument("--markdown", type=Path, default=None, help="e.g. docs/PERFORMANCE.md (between its markers)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the methods already in --json (same settings), measure the rest")  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     methods = args.methods or (["none", "centered"] if args.quick else ["none", *METHODS])
-    modes = ("forward",) if args.quick else ("forward", "forward+backward")
+    modes = ("forward",) if args.quick else MODES
     rounds = args.rounds or (3 if args.quick else 7)
-    results = {
-        "settings": {"quick": args.quick, "rounds": rounds, "min_sample_seconds": args.min_sample_seconds},
-        "machine": machine_description("cpu"),
-        "cases": [],
-    }
+    settings = {"quick": args.quick, "rounds": rounds, "min_sample_seconds": args.min_sample_seconds}
+    results = {"settings": settings, "machine": machine_description("cpu"), "cases": []}
+    if args.resume and args.json is not None and args.json.is_file():
+        previous = json.loads(args.json.read_text())
+        if previous["settings"] != settings:
+            raise SystemExit(f"--resume: {args.json} was measured with other settings: {previous['settings']}")
+        results["cases"] = previous["cases"]
     for mode in modes:
         case = Case("minilm", 128, 8, mode)
+        measured = {entry["method"] for entry in results["cases"] if entry["case"] == vars(case)}
         for method in methods:
+            if method in measured:
+                continue
             result = time_compiled(case, method, rounds, args.min_sample_seconds)
             results["cases"].append({"case": vars(case), "method": method, "result": result})
             print(
@@ -138,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"eager ours/stock {result['ours_eager_over_stock']['median']:.3f}",
                 flush=True,
             )
+            results = report_order(results)
             if args.json is not None:  # saved after every method: a stopped run keeps what it measured
                 args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.markdown is not None:

@@ -186,3 +186,27 @@ def test_compile_quick_run_writes_its_section(tmp_path):
     assert entry["result"]["compiled_over_stock"]["median"] > 0
     report = markdown.read_text()
     assert "| minilm 128×8 forward | centered |" in report and "old" not in report and "\nkept\n" in report
+
+
+def test_compile_resume_measures_only_the_missing_methods_in_order(tmp_path, monkeypatch):
+    results_file = tmp_path / "compile.json"
+    common = ["--rounds", "2", "--json", str(results_file)]
+    ratio = {"median": 1.0, "min": 1.0, "max": 1.0}
+    measured = []
+
+    def fake_time_compiled(case, method, rounds, min_sample_seconds):
+        measured.append((case.mode, method))
+        return {"compiled_over_stock": ratio, "ours_eager_over_stock": ratio}
+
+    monkeypatch.setattr(bench_compile, "time_compiled", fake_time_compiled)
+    bench_compile.main(["--methods", "centered", *common])
+    results = bench_compile.main(["--methods", "centered", "none", *common, "--resume"])
+    assert measured == [
+        ("forward", "centered"), ("forward+backward", "centered"), ("forward", "none"), ("forward+backward", "none"),
+    ]  # fmt: skip
+    assert [(entry["case"]["mode"], entry["method"]) for entry in results["cases"]] == [
+        ("forward", "none"), ("forward", "centered"), ("forward+backward", "none"), ("forward+backward", "centered"),
+    ]  # fmt: skip
+    assert json.loads(results_file.read_text()) == results
+    with pytest.raises(SystemExit, match="other settings"):
+        bench_compile.main(["--methods", "none", *common, "--rounds", "3", "--resume"])
