@@ -52,6 +52,7 @@ BATCH_SIZES = {128: 8, 512: 8, 2048: 2}  # fewer sequences at 2048 tokens
 METHODS = [name for name in available_corrections() if name != "none"] + [
     f"fusion:{name}" for name in available_fusions() if name != "none"
 ]
+ALL_METHODS = ["none", *METHODS]  # in the order the reports list them
 MODES = ("forward", "forward+backward")
 VARIANTS = ("stock", "ours", "reference")
 
@@ -339,11 +340,10 @@ def write_markdown(path: Path, results: dict) -> None:
 def report_order(results: dict) -> dict:
     """The results with cases ordered by model (as in `MODEL_SIZES`), length and mode, and methods as listed in
     `--methods`' choices, whatever order `--resume` runs added them in."""
-    method_order = ["none", *METHODS]
     model_order = list(MODEL_SIZES)
 
     def by_method(timing: dict) -> int:
-        return method_order.index(timing["method"])
+        return ALL_METHODS.index(timing["method"])
 
     def by_case(case_result: dict) -> tuple[int, int, int]:
         case = case_result["case"]
@@ -369,7 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default: float32 on CPU, bfloat16 on GPU")  # fmt: skip
     parser.add_argument("--models", nargs="+", default=list(MODEL_SIZES), choices=list(MODEL_SIZES))
     parser.add_argument("--seq-lens", nargs="+", type=int, default=list(BATCH_SIZES))
-    parser.add_argument("--methods", nargs="+", default=["none", *METHODS], choices=["none", *METHODS])
+    parser.add_argument("--methods", nargs="+", default=ALL_METHODS, choices=ALL_METHODS)
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per method (default 7; quick 3)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--min-sample-seconds", type=float, default=0.25, help="repeat short steps up to this long")

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import (
-    METHODS,
+    ALL_METHODS,
     MODES,
     Case,
     build_models,
@@ -111,10 +111,9 @@ def markdown_report(results: dict) -> str:
 def report_order(results: dict) -> dict:
     """The results ordered by mode and then method as listed in `--methods`' choices, whatever order resumed runs
     measured them in."""
-    method_order = ["none", *METHODS]
 
     def by_mode_and_method(entry: dict) -> tuple[int, int]:
-        return MODES.index(entry["case"]["mode"]), method_order.index(entry["method"])
+        return MODES.index(entry["case"]["mode"]), ALL_METHODS.index(entry["method"])
 
     return {**results, "cases": sorted(results["cases"], key=by_mode_and_method)}
 
@@ -122,7 +121,7 @@ def report_order(results: dict) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="forward only, none and centered, 3 rounds")
-    parser.add_argument("--methods", nargs="+", default=None, choices=["none", *METHODS])
+    parser.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS)
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; quick 3)")
     parser.add_argument("--min-sample-seconds", type=float, default=0.25, help="repeat short steps up to this long")
     parser.add_argument("--json", type=Path, default=None, help="results file")
@@ -134,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    methods = args.methods or (["none", "centered"] if args.quick else ["none", *METHODS])
+    methods = args.methods or (["none", "centered"] if args.quick else ALL_METHODS)
     modes = ("forward",) if args.quick else MODES
     rounds = args.rounds or (3 if args.quick else 7)
     settings = {"quick": args.quick, "rounds": rounds, "min_sample_seconds": args.min_sample_seconds}
