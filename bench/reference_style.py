@@ -6,8 +6,8 @@ and swapping each correction module for one that does the arithmetic the authors
 
 - centered (Ali et al., `centered-attention`): the centering matrix (A − 1/n·11ᵀ) applied to V, with the n×n
   averaging matrix materialised per head;
-- neutreno (Nguyen et al., `NeuTRENO_NeurIPS2024`): `attn @ v + λ(v0 − v)` on eager attention (the same arithmetic
-  as ours; the difference is the attention backend);
+- neutreno (Nguyen et al., `NeuTRENO_NeurIPS2024`): `attn @ v + λ(v0 − v)` on eager attention, then the output
+  projection (the same arithmetic as ours, which computes the sum with the projection and keeps less for backward);
 - contranorm (Guo et al., `PKU-ML/ContraNorm`): explicit n×n cosine-similarity matrix, softmax and matmul;
 - dgn (Zhou et al., `DGN`): the N×G×d grouped tensor through `BatchNorm1d(G·d)`, summed over the groups;
 - fusions (Shi et al.): all layer outputs collected, then `torch.cat` → linear, `torch.stack(...).amax(0)`, and the
@@ -29,9 +29,15 @@ from hf_centered.fusion import LayerFusion
 
 
 class ReferenceCorrection(nn.Module):
-    """The authors' code computes each correction where it acts, so nothing is folded into the attention's V."""
+    """The authors' code computes each correction where it acts: nothing is folded into the attention's V, and the
+    output projection is a separate call on the corrected context."""
 
     def value_shift(self, value: torch.Tensor, state: CorrectionState) -> None:
+        return None
+
+    def project(
+        self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState, projection: nn.Linear
+    ) -> None:
         return None
 
 

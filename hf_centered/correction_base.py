@@ -72,3 +72,16 @@ class Correction(nn.Module):
         context itself, instead of a second `(B, n, d)` tensor kept for backward next to it.
         """
         return None
+
+    def project(
+        self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState, projection: nn.Linear
+    ) -> torch.Tensor | None:
+        """`ATTENTION_SITE` only, for the site's last correction: `projection` applied to this correction's result
+        with the heads merged, `(B, n, d)`, computed so that backward keeps no more than the kernel already keeps;
+        None (the default) when it has no such form.
+
+        The output projection keeps its input for its weight gradient. A correction whose result is a cheap function
+        of tensors that backward keeps anyway (the kernel's output, V) can recompute it there instead. The encoder
+        only asks when `projection` is a plain `nn.Linear` (see `modeling_common.is_plain_linear`).
+        """
+        return None

@@ -15,11 +15,17 @@ is 0 there). The term is token-wise, so padding needs no special care, and any a
 
 Arguments ↔ symbols: `config.neutreno_lambda` = λ (0.6 in the DeiT and Segmenter reference code, 0.4 for the
 WikiText-103 language model; 0 = stock attention). λ is fixed, shared by all layers and heads.
+
+The corrected context is computed together with the output projection :math:`W_O` when that is a plain
+`nn.Linear`: backward then keeps only :math:`AV`, :math:`V^0` and :math:`V`, which the attention kernel keeps anyway,
+and recomputes the sum for :math:`W_O`'s gradient, instead of keeping a second `(B, n, d)` tensor per layer.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from .correction_base import ATTENTION_SITE, Correction, CorrectionState
 
@@ -38,7 +44,8 @@ class NeuTRENO(Correction):
     strength_field = "neutreno_lambda"
     hyperparameters = ("neutreno_lambda",)
     site = ATTENTION_SITE
-    saved_activations = 1  # the corrected context, which the output projection keeps next to the kernel's output
+    # With a wrapped or hooked output projection (PEFT, quantisation), 1: the corrected context that it keeps.
+    saved_activations = 0
     needs_first_values = True
 
     def __init__(self, config, layer_idx: int):
@@ -54,5 +61,61 @@ class NeuTRENO(Correction):
             raise RuntimeError("NeuTRENO needs the first layer's values; the encoder did not provide them.")
         return context + self.lamda * (state.first_values - value).transpose(1, 2)
 
+    def project(
+        self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState, projection: nn.Linear
+    ) -> torch.Tensor:
+        if state.first_values is None:
+            raise RuntimeError("NeuTRENO needs the first layer's values; the encoder did not provide them.")
+        return _ProjectedFidelity.apply(
+            _merge_heads(context),
+            _merge_heads(state.first_values.transpose(1, 2)),
+            _merge_heads(value.transpose(1, 2)),
+            self.lamda,
+            projection.weight,
+            projection.bias,
+        )
+
     def extra_repr(self) -> str:
         return f"lambda={self.lamda}"
+
+
+def _merge_heads(tensor: torch.Tensor) -> torch.Tensor:
+    """`(B, n, H, d_h)` → `(B, n, H·d_h)`, a view for the layouts the projections and kernels produce."""
+    return tensor.reshape(*tensor.shape[:2], -1)
+
+
+class _ProjectedFidelity(torch.autograd.Function):
+    """`F.linear(O + λ(V⁰ − V), W, b)` on merged heads, keeping O, V⁰ and V for backward instead of the sum.
+
+    Under autocast the projection runs in the autocast dtype, as `nn.Linear` would; backward computes in the
+    gradient's dtype and returns each gradient in its input's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, context, first_values, value, lamda: float, weight, bias):
+        ctx.save_for_backward(context, first_values, value, weight)
+        ctx.lamda = lamda
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return F.linear(context + lamda * (first_values - value), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        context, first_values, value, weight = ctx.saved_tensors
+        need_context, need_first_values, need_value, _, need_weight, need_bias = ctx.needs_input_grad
+        dtype = grad_output.dtype
+        grad_context = grad_first_values = grad_value = grad_weight = grad_bias = None
+        if need_context or need_first_values or need_value:
+            grad_corrected = grad_output @ weight.to(dtype)
+            if need_context:
+                grad_context = grad_corrected.to(context.dtype)
+            if need_first_values:
+                grad_first_values = (ctx.lamda * grad_corrected).to(first_values.dtype)
+            if need_value:
+                grad_value = (-ctx.lamda * grad_corrected).to(value.dtype)
+        flat_grad = grad_output.reshape(-1, grad_output.shape[-1])
+        if need_weight:
+            corrected = context + ctx.lamda * (first_values - value)
+            grad_weight = (flat_grad.T @ corrected.reshape(-1, corrected.shape[-1]).to(dtype)).to(weight.dtype)
+        if need_bias:
+            grad_bias = flat_grad.sum(dim=0).to(ctx.bias_dtype)
+        return grad_context, grad_first_values, grad_value, None, grad_weight, grad_bias

@@ -56,8 +56,11 @@ class CenteredBertSelfAttention(BertSelfAttention):
         attention_mask: torch.Tensor | None = None,
         past_key_values=None,  # always None: the corrected models are encoders (the config rejects is_decoder)
         correction_state: CorrectionState | None = None,
+        output_projection: nn.Linear | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the merged context `(B, n, d)`, or `output_projection` applied to it (which a correction may then
+        compute itself, see `Correction.project`), and the backend's attention weights."""
         state = correction_state or CorrectionState()
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.attention_head_size)
@@ -76,10 +79,13 @@ class CenteredBertSelfAttention(BertSelfAttention):
             attention_mask,
             state,
             eager_attention_forward,
+            output_projection=output_projection,
             dropout=self.dropout.p if self.training else 0.0,
             scaling=self.scaling,
             **kwargs,
         )
+        if output_projection is not None:
+            return context, weights
         return context.reshape(*input_shape, -1).contiguous(), weights
 
 
@@ -91,9 +97,16 @@ class CenteredBertSelfOutput(BertSelfOutput):
         self.corrections = build_corrections(config, layer_idx, BEFORE_NORM_SITE)
 
     def forward(
-        self, hidden_states: torch.Tensor, input_tensor: torch.Tensor, correction_state: CorrectionState | None = None
+        self,
+        hidden_states: torch.Tensor,
+        input_tensor: torch.Tensor,
+        correction_state: CorrectionState | None = None,
+        is_projected: bool = False,
     ) -> torch.Tensor:
-        hidden_states = self.dropout(self.dense(hidden_states)) + input_tensor
+        """`is_projected`: `hidden_states` is `dense(context)` already (the self-attention applied it)."""
+        if not is_projected:
+            hidden_states = self.dense(hidden_states)
+        hidden_states = self.dropout(hidden_states) + input_tensor
         hidden_states = apply_corrections(self.corrections, hidden_states, correction_state or CorrectionState())
         return self.LayerNorm(hidden_states)
 
@@ -111,10 +124,15 @@ class CenteredBertAttention(BertAttention):
         correction_state: CorrectionState | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, weights = self.self(
-            hidden_states, attention_mask=attention_mask, correction_state=correction_state, **kwargs
+        # The output projection is handed to the self-attention so that a correction can compute it (NeuTRENO).
+        projected, weights = self.self(
+            hidden_states,
+            attention_mask=attention_mask,
+            correction_state=correction_state,
+            output_projection=self.output.dense,
+            **kwargs,
         )
-        return self.output(context, hidden_states, correction_state), weights
+        return self.output(projected, hidden_states, correction_state, is_projected=True), weights
 
 
 class CenteredBertLayer(BertLayer):

@@ -68,7 +68,7 @@ class CenteredViTAttention(ViTAttention):
             value = state.first_values
         else:
             value = self.project_values(hidden_states)
-        context, weights = corrected_attention(
+        return corrected_attention(
             self,
             query,
             key,
@@ -76,11 +76,11 @@ class CenteredViTAttention(ViTAttention):
             attention_mask,
             state,
             eager_attention_forward,
+            output_projection=self.o_proj,
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
             **kwargs,
         )
-        return self.o_proj(context.reshape(*input_shape, -1).contiguous()), weights
 
 
 class CenteredViTLayer(ViTLayer):

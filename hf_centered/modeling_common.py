@@ -37,6 +37,17 @@ def last_output(layer_outputs: Iterator[torch.Tensor]) -> torch.Tensor:
     return hidden_states
 
 
+def is_plain_linear(module: nn.Module) -> bool:
+    """Whether calling `module` is exactly `F.linear(x, module.weight, module.bias)`: an `nn.Linear` that no PEFT
+    adapter, quantisation, accelerate hook or forward hook replaces or observes, so a correction may compute it."""
+    return (
+        type(module) is nn.Linear
+        and "forward" not in vars(module)
+        and not (module._forward_hooks or module._forward_pre_hooks)
+        and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+    )
+
+
 def corrected_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -45,13 +56,16 @@ def corrected_attention(
     attention_mask: torch.Tensor | None,
     state: CorrectionState,
     eager_attention_forward: Callable,
+    output_projection: nn.Module | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Runs the backend that `config._attn_implementation` names, then the module's attention-site corrections.
 
-    `query/key/value` are `(B, H, n, d_h)`; returns the context `(B, n, H, d_h)` and the backend's weights (None for
-    fused backends). The corrections only need the context and V, so SDPA and flash keep working. Without attention
-    dropout, the leading corrections that have a `value_shift` are folded into V instead (see `Correction.value_shift`).
+    `query/key/value` are `(B, H, n, d_h)`; returns the context `(B, n, H, d_h)`, or with `output_projection` the
+    projected attention output `(B, n, d)`, and the backend's weights (None for fused backends). The corrections only
+    need the context and V, so SDPA and flash keep working. Without attention dropout, the leading corrections that
+    have a `value_shift` are folded into V instead (see `Correction.value_shift`); the last one computes the
+    projection itself when it can (see `Correction.project`).
     """
     attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
         module.config._attn_implementation, eager_attention_forward
@@ -66,9 +80,19 @@ def corrected_attention(
         backend_value = backend_value - shift
         corrections.pop(0)
     context, weights = attention_interface(module, query, key, backend_value, attention_mask, **kwargs)
+    projecting_correction = None
+    if output_projection is not None and corrections and is_plain_linear(output_projection):
+        projecting_correction = corrections.pop()
     for correction in corrections:
         context = correction(context, value, state)
-    return context, weights
+    if output_projection is None:
+        return context, weights
+    if projecting_correction is not None:
+        projected = projecting_correction.project(context, value, state, output_projection)
+        if projected is not None:
+            return projected, weights
+        context = projecting_correction(context, value, state)
+    return output_projection(context.reshape(*context.shape[:2], -1).contiguous()), weights
 
 
 def padding_mask_from_attention_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:

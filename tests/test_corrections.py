@@ -216,3 +216,66 @@ def test_centered_attention_with_dropout_subtracts_after_the_dropout():
         weights = torch.nn.functional.dropout(weights, p=0.5, training=True)
         context = weights @ value - config.centered_scale * value.mean(dim=2, keepdim=True)
     torch.testing.assert_close(actual, context.transpose(1, 2).reshape(3, 7, -1))
+
+
+def _output_projections(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    if isinstance(model, CenteredBertModel):
+        return [layer.attention.output.dense for layer in model.encoder.layer]
+    return [layer.attention.o_proj for layer in model.layers]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
+@pytest.mark.parametrize("architecture", ["bert", "vit"])
+@pytest.mark.parametrize("name", [name for name in CORRECTIONS if REGISTRY[name].site == ATTENTION_SITE])
+def test_projection_computed_by_a_correction_equals_calling_the_projection(name, architecture, autocast):
+    """`Correction.project` gives the outputs and every gradient that the output projection applied to the
+    correction's result gives. A forward hook on the projection turns it off (the hook must see the call), as a PEFT
+    adapter does; under autocast the gradients keep their parameters' dtype."""
+    if architecture == "bert":
+        model, inputs = CenteredBertModel(bert_config(correction=name)).train(), bert_inputs()
+    else:
+        model, inputs = CenteredViTModel(vit_config(correction=name), add_pooling_layer=False).train(), vit_inputs()
+    _randomise_new_parameters(model)
+
+    def output_and_gradients() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            output = model(**inputs).last_hidden_state
+        weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(3))
+        return output.float(), _gradients(output.float(), weights, model)
+
+    output, gradients = output_and_gradients()
+    calls = []
+    handles = [
+        projection.register_forward_hook(lambda module, args, result: calls.append(module))
+        for projection in _output_projections(model)
+    ]
+    expected_output, expected = output_and_gradients()
+    for handle in handles:
+        handle.remove()
+    assert len(calls) == len(handles)
+    assert gradients.keys() == expected.keys()
+    tolerance = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(output, expected_output, rtol=tolerance, atol=tolerance)
+    for parameter_name, parameter in model.named_parameters():
+        if parameter_name in expected:
+            assert gradients[parameter_name].dtype == parameter.dtype
+            deviation = (gradients[parameter_name] - expected[parameter_name]).abs().max()
+            assert deviation <= tolerance * expected[parameter_name].abs().max() + 1e-6, parameter_name
+
+
+def test_only_a_plain_unobserved_linear_is_computed_by_a_correction():
+    from peft import LoraConfig, get_peft_model
+
+    from hf_centered.modeling_common import is_plain_linear
+
+    assert is_plain_linear(torch.nn.Linear(3, 4))
+    assert not is_plain_linear(type("SubclassedLinear", (torch.nn.Linear,), {})(3, 4))
+    hooked = torch.nn.Linear(3, 4)
+    hooked.register_forward_pre_hook(lambda module, args: None)
+    assert not is_plain_linear(hooked)
+    replaced = torch.nn.Linear(3, 4)
+    replaced.forward = lambda tensor: tensor  # what accelerate's device hooks do
+    assert not is_plain_linear(replaced)
+    model = CenteredBertModel(bert_config(correction="neutreno"))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["dense"]))
+    assert not is_plain_linear(peft_model.base_model.model.encoder.layer[1].attention.output.dense)
