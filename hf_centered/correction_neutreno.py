@@ -57,18 +57,14 @@ class NeuTRENO(Correction):
         return layer_idx >= 1
 
     def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
-        if state.first_values is None:
-            raise RuntimeError("NeuTRENO needs the first layer's values; the encoder did not provide them.")
-        return context + self.lamda * (state.first_values - value).transpose(1, 2)
+        return _with_fidelity(context, _first_values(state).transpose(1, 2), value.transpose(1, 2), self.lamda)
 
     def project(
         self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState, projection: nn.Linear
     ) -> torch.Tensor:
-        if state.first_values is None:
-            raise RuntimeError("NeuTRENO needs the first layer's values; the encoder did not provide them.")
         return _ProjectedFidelity.apply(
             _merge_heads(context),
-            _merge_heads(state.first_values.transpose(1, 2)),
+            _merge_heads(_first_values(state).transpose(1, 2)),
             _merge_heads(value.transpose(1, 2)),
             self.lamda,
             projection.weight,
@@ -77,6 +73,19 @@ class NeuTRENO(Correction):
 
     def extra_repr(self) -> str:
         return f"lambda={self.lamda}"
+
+
+def _first_values(state: CorrectionState) -> torch.Tensor:
+    if state.first_values is None:
+        raise RuntimeError("NeuTRENO needs the first layer's values; the encoder did not provide them.")
+    return state.first_values
+
+
+def _with_fidelity(
+    context: torch.Tensor, first_values: torch.Tensor, value: torch.Tensor, lamda: float
+) -> torch.Tensor:
+    """O + λ(V⁰ − V), in whatever common layout the three come in."""
+    return context + lamda * (first_values - value)
 
 
 def _merge_heads(tensor: torch.Tensor) -> torch.Tensor:
@@ -96,7 +105,7 @@ class _ProjectedFidelity(torch.autograd.Function):
         ctx.save_for_backward(context, first_values, value, weight)
         ctx.lamda = lamda
         ctx.bias_dtype = None if bias is None else bias.dtype
-        return F.linear(context + lamda * (first_values - value), weight, bias)
+        return F.linear(_with_fidelity(context, first_values, value, lamda), weight, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -114,7 +123,7 @@ class _ProjectedFidelity(torch.autograd.Function):
                 grad_value = (-ctx.lamda * grad_corrected).to(value.dtype)
         flat_grad = grad_output.reshape(-1, grad_output.shape[-1])
         if need_weight:
-            corrected = context + ctx.lamda * (first_values - value)
+            corrected = _with_fidelity(context, first_values, value, ctx.lamda)
             grad_weight = (flat_grad.T @ corrected.reshape(-1, corrected.shape[-1]).to(dtype)).to(weight.dtype)
         if need_bias:
             grad_bias = flat_grad.sum(dim=0).to(ctx.bias_dtype)
