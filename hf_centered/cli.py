@@ -26,6 +26,8 @@ HEAD_SUFFIXES = {
     "ForImageClassification": "image-classification",
 }
 FAMILIES = {"bert": 0, "centered_bert": 0, "vit": 1, "centered_vit": 1}
+# Command-line type of a correction field by its annotation; the others ("float | int") are numbers.
+CORRECTION_FIELD_TYPES: dict[str, type] = {"int": int, "str": str}
 
 
 def add_correction_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +41,7 @@ def add_correction_arguments(parser: argparse.ArgumentParser) -> None:
         elif field.name == "fusion":
             parser.add_argument(flag, choices=available_fusions())
         else:
-            parser.add_argument(flag, type=int if field.type == "int" else float)
+            parser.add_argument(flag, type=CORRECTION_FIELD_TYPES.get(field.type, float))
 
 
 def correction_overrides(args: argparse.Namespace) -> dict:

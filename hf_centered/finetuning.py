@@ -36,6 +36,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import data as offline_data
+from .cli import CORRECTION_FIELD_TYPES
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig, CorrectionConfigMixin
 from .corrections import available_corrections
 from .diagnostics import oversmoothing_profile
@@ -121,7 +122,7 @@ def _correction_argument(config_field: dataclasses.Field) -> tuple[str, Any, dat
     if name == "fusion":
         help_text = f"Fusion of the layer outputs, among {', '.join(available_fusions())}."
         return name, str, field(default=config_field.default, metadata={"help": help_text})
-    value_type = int if config_field.type == "int" else float
+    value_type = CORRECTION_FIELD_TYPES.get(config_field.type, float)
     return name, value_type, field(default=config_field.default, metadata={"help": f"Configuration field `{name}`."})
 
 
