@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model-name")
     export.add_argument("--model-id", help="Hub repository id shown in the model card")
     export.add_argument("--base-model", help="Hub id of the base model for the model card")
-    export.add_argument("--overwrite", action="store_true")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty OUT: an earlier export's files there are replaced or removed, other files stay",
+    )
     export.add_argument("--trust-remote-code", action="store_true")
     add_correction_arguments(export)
     export.set_defaults(handler=run_export)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .auto import CONFIG_CLASSES, auto_class_name, full_auto_map
 from .corrections import CORRECTIONS
@@ -29,6 +33,25 @@ CARD_FIELDS = {
     "profile_inputs": "batches to compute that profile from (what oversmoothing_profile takes), if no profile given",
 }
 PROFILE_IMAGE = "oversmoothing_profile.png"
+# Lists the files an export wrote: what push_to_hub uploads and what the next export with overwrite=True replaces.
+EXPORT_MANIFEST = "hf_centered_export.json"
+# What an export written before the manifest existed can hold, besides the modelling code its auto_map names.
+UNRECORDED_EXPORT_PATTERNS = (
+    "config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "README.md",
+    "oversmoothing_profile.json",
+    PROFILE_IMAGE,
+)
 PIPELINE_TAGS = {
     "AutoModel": "feature-extraction",
     "AutoModelForSequenceClassification": "text-classification",
@@ -54,12 +77,14 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
         model: a `CenteredBert*` or `CenteredViT*` model.
         out_dir: destination folder; it must be empty or absent unless `overwrite=True`.
         processor: optional tokenizer / image processor / processor, saved alongside.
-        overwrite: allow writing into a non-empty folder (files of the same names are replaced).
+        overwrite: allow writing into a non-empty folder: the files of an earlier export there (those its
+            `EXPORT_MANIFEST` lists) are replaced or removed, any other file is left alone unless the export writes
+            one of the same name.
         **card_fields: model card fields, see `CARD_FIELDS`.
 
     Returns:
         The folder, holding `config.json` (with a complete `auto_map`), `model.safetensors`, the modelling `.py`
-        files, the processor's files and `README.md`.
+        files, the processor's files, `README.md` and `EXPORT_MANIFEST`, the list of these files.
     """
     model_type = getattr(model.config, "model_type", None)
     if model_type not in CONFIG_CLASSES:
@@ -85,16 +110,60 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
         profile = oversmoothing_profile(model, profile_inputs, progress=False)
 
     model.config.auto_map = full_auto_map(model_type)
-    model.save_pretrained(out_dir)
-    if processor is not None:
-        processor.save_pretrained(out_dir)
-    if profile is not None:
-        # The card's name, not a local path the profile may carry, labels what gets published.
-        profile = dataclasses.replace(profile, model_name=card_fields.get("model_name") or out_dir.name)
-        profile.save_json(out_dir / "oversmoothing_profile.json")
-        profile.plot(out_dir / PROFILE_IMAGE, title=f"over-smoothing profile of {profile.model_name}")
-    build_model_card(model, out_dir, profile=profile, **card_fields).save(out_dir / "README.md")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Written apart first, so that exactly this export's files are known and a failure leaves the earlier one whole.
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        model.save_pretrained(staging)
+        if processor is not None:
+            processor.save_pretrained(staging)
+        if profile is not None:
+            # The card's name, not a local path the profile may carry, labels what gets published.
+            profile = dataclasses.replace(profile, model_name=card_fields.get("model_name") or out_dir.name)
+            profile.save_json(staging / "oversmoothing_profile.json")
+            profile.plot(staging / PROFILE_IMAGE, title=f"over-smoothing profile of {profile.model_name}")
+        build_model_card(model, out_dir, profile=profile, **card_fields).save(staging / "README.md")
+        written = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
+        for name in set(recorded_export_files(out_dir) or ()) - set(written):
+            (out_dir / name).unlink(missing_ok=True)
+        for name in written:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    (out_dir / EXPORT_MANIFEST).write_text(json.dumps({"files": written}, indent=2) + "\n")
     return out_dir
+
+
+def recorded_export_files(folder: Path) -> list[str] | None:
+    """The files `EXPORT_MANIFEST` says an export wrote into `folder` (None without a manifest).
+
+    Entries leading outside the folder are dropped: the manifest is only ever allowed to name the export's own files.
+    """
+    try:
+        names = json.loads((folder / EXPORT_MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return None
+    return [name for name in names if not Path(name).is_absolute() and ".." not in Path(name).parts]
+
+
+def exported_files(folder: Path) -> list[str]:
+    """The model's files in an exported folder: those its manifest records, or, for an export older than the
+    manifest, the usual export files and the modelling code its `auto_map` names (never training state, checkpoints
+    or anything else the folder holds)."""
+    recorded = recorded_export_files(folder)
+    if recorded is not None:
+        missing = [name for name in recorded if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} lacks {missing} of its export; export the model again.")
+        return recorded
+    names = {path.name for pattern in UNRECORDED_EXPORT_PATTERNS for path in folder.glob(pattern) if path.is_file()}
+    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map", {})
+    for reference in auto_map.values():
+        module = folder / f"{reference.split('.')[0]}.py"
+        if module.is_file():
+            names |= {module.name, *(Path(path).name for path in get_relative_import_files(module))}
+    return sorted(names)
 
 
 def _bibtex_title(citation: str) -> str:
@@ -183,10 +252,17 @@ def push_to_hub(
     private: bool | None = None,
     commit_message: str = "Upload hf_centered model",
 ) -> str:
-    """Uploads an exported folder to the Hub (creating the repository) and returns the commit URL."""
+    """Uploads the model of an exported folder to the Hub (creating the repository) and returns the commit URL.
+
+    Only the files of the export go up (see `exported_files`): a fine-tuning output folder also holds checkpoints,
+    optimizer states and the run's records, which are never uploaded.
+    """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json; export the model with export_for_hub first.")
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in exported_files(folder)
+    ]
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    return api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message)

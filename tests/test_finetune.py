@@ -21,6 +21,7 @@ from transformers import BertConfig, BertModel, BertTokenizer, Trainer, TrainerC
 from hf_centered import CenteredBertForSequenceClassification, finetuning
 from hf_centered.data import rotten_tomatoes
 from hf_centered.finetuning import EMBEDDED_DEFAULT, main, parse_arguments, split_indices
+from hf_centered.hub import EXPORT_MANIFEST
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -334,14 +335,30 @@ def test_resumed_run_equals_the_uninterrupted_run(assets, tmp_path):
     assert_same_weights(plain_dir, relaunched_dir, atol=1e-7)
 
 
-def test_push_to_hub_uploads_the_export(assets, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_export_only(assets, tmp_path, monkeypatch):
     calls = []
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls.append(("upload", repo_id, {operation.path_in_repo for operation in operations}))
+
+    def upload_folder(self, **kwargs):
+        raise AssertionError(f"the whole folder {kwargs['folder_path']} would be uploaded")
+
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id)))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     output_dir = tmp_path / "pushed"
-    main(text_argv(assets, output_dir, "--push_to_hub", "--hub_model_id", "org/tiny-centered"))
+    steps = ("--save_strategy", "steps", "--save_steps", "2", "--keep_checkpoints")
+    main(text_argv(assets, output_dir, *steps, "--push_to_hub", "--hub_model_id", "org/tiny-centered"))
     assert calls[0] == ("create", "org/tiny-centered")
-    assert calls[1][1]["repo_id"] == "org/tiny-centered" and calls[1][1]["folder_path"] == str(output_dir)
+    uploaded = calls[1][2]
+    assert calls[1][1] == "org/tiny-centered" and uploaded == set(
+        json.loads((output_dir / EXPORT_MANIFEST).read_text())["files"]
+    )
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json", "oversmoothing_profile.json"} <= uploaded
+    assert list(output_dir.glob("checkpoint-*/optimizer.pt")) and (output_dir / "trainer_state.json").is_file()
+    assert not any(name.startswith("checkpoint-") or name.endswith((".pt", ".pth", ".bin")) for name in uploaded)
+    assert not {"trainer_state.json", finetuning.RUN_RECORD, "all_results.json", EXPORT_MANIFEST} & uploaded
     assert "org/tiny-centered" in (output_dir / "README.md").read_text()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from hf_centered import (
     push_to_hub,
 )
 from hf_centered.cli import main as cli_main
+from hf_centered.hub import EXPORT_MANIFEST
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,16 +140,70 @@ def test_export_refuses_to_overwrite_and_bad_input(tmp_path):
     assert (tmp_path / "taken" / "model.safetensors").is_file()
 
 
-def test_push_uploads_the_folder(tmp_path, monkeypatch):
+def record_uploads(monkeypatch) -> list:
+    """Fakes the Hub: records the repository creations and the path of every file a commit would upload."""
     calls = []
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        calls.append(("upload", repo_id, sorted(operation.path_in_repo for operation in operations)))
+        return "commit-url"
+
+    def upload_folder(self, **kwargs):
+        raise AssertionError(f"the whole folder {kwargs['folder_path']} would be uploaded")
+
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)) or "commit-url")
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_uploads_only_the_export(tmp_path, monkeypatch):
+    calls = record_uploads(monkeypatch)
     folder = export_for_hub(CenteredBertModel(bert_config()), tmp_path / "push")
+    exported = sorted(path.name for path in folder.iterdir())
+    for name in ("optimizer.pt", "training_args.bin", "trainer_state.json", "finetune_args.json", "notes.txt"):
+        (folder / name).write_text("not part of the model")
+    (folder / "checkpoint-2").mkdir()
+    (folder / "checkpoint-2" / "model.safetensors").write_text("a checkpoint")
     assert push_to_hub(folder, "org/model", private=True) == "commit-url"
     assert calls[0] == ("create", "org/model", {"private": True, "exist_ok": True})
-    assert calls[1][1]["repo_id"] == "org/model" and calls[1][1]["folder_path"] == str(folder)
+    assert calls[1] == ("upload", "org/model", [name for name in exported if name != EXPORT_MANIFEST])
+    assert {"config.json", "model.safetensors", "README.md", "modeling_centered_bert.py"} <= set(calls[1][2])
+
+    # a folder exported before the manifest existed: the files an export writes, nothing else
+    (folder / EXPORT_MANIFEST).unlink()
+    push_to_hub(folder, "org/model")
+    assert calls[3] == calls[1]
     with pytest.raises(FileNotFoundError, match="export_for_hub"):
         push_to_hub(tmp_path, "org/model")
+
+
+def test_overwrite_replaces_exactly_the_previous_export(tmp_path, capsys):
+    folder = tmp_path / "export"
+    bert = CenteredBertForSequenceClassification(bert_config())
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"])}
+    # a sharded save: an index and several weight files, which a later single-file save must not leave behind
+    bert.save_pretrained = functools.partial(bert.save_pretrained, max_shard_size="40KB")
+    export_for_hub(bert, folder, BertTokenizer(vocab=vocab), profile_inputs=[bert_inputs()])
+    first = {path.name for path in folder.iterdir()}
+    assert {"model.safetensors.index.json", "modeling_centered_bert.py", "oversmoothing_profile.png"} <= first
+    assert "vocab.txt" in first or "tokenizer.json" in first
+    (folder / "notes.txt").write_text("mine")
+    (folder / "checkpoint-1").mkdir()
+
+    vit = CenteredViTForImageClassification(vit_config())
+    vit.save_pretrained(tmp_path / "vit")
+    assert cli_main(["export", str(tmp_path / "vit"), str(folder), "--overwrite"]) == 0
+    second = {path.name for path in folder.iterdir()}
+    exported = set(json.loads((folder / EXPORT_MANIFEST).read_text())["files"])
+    assert second == exported | {EXPORT_MANIFEST, "notes.txt", "checkpoint-1"}
+    assert "modeling_centered_vit.py" in exported and "model.safetensors" in exported
+    assert not {"model.safetensors.index.json", "modeling_centered_bert.py", "oversmoothing_profile.png"} & second
+    assert not any(name.startswith(("model-0", "vocab", "tokenizer")) for name in second)
+    assert (folder / "notes.txt").read_text() == "mine"
+    reloaded = CenteredViTForImageClassification.from_pretrained(folder)
+    for name, tensor in vit.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
 
 
 def test_cli_export_converts_a_stock_checkpoint(tmp_path, capsys):
