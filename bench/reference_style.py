@@ -82,10 +82,10 @@ class ReferenceDGN(ReferenceCorrection):
 
     def __init__(self, ours: nn.Module):
         super().__init__()
-        self.groups, self.lamda = ours.groups, ours.lamda
+        self.groups, self.lamda = ours.config.dgn_groups, ours.strength()
         self.assign = ours.assign
         hidden_size = ours.weight.shape[1]
-        self.batch_norm = nn.BatchNorm1d(self.groups * hidden_size, momentum=ours.momentum, eps=ours.eps)
+        self.batch_norm = nn.BatchNorm1d(self.groups * hidden_size, momentum=ours.config.dgn_momentum, eps=ours.eps)
         with torch.no_grad():
             self.batch_norm.weight.copy_(ours.weight.flatten())
             self.batch_norm.bias.copy_(ours.bias.flatten())
@@ -120,11 +120,11 @@ class ReferenceFusion(nn.Module):
 def _reference_module(correction: nn.Module) -> nn.Module:
     name = correction.name
     if name == "centered":
-        return ReferenceCentered(correction.scale)
+        return ReferenceCentered(correction.strength())
     if name == "neutreno":
-        return ReferenceNeuTRENO(correction.lamda)
+        return ReferenceNeuTRENO(correction.strength())
     if name == "contranorm":
-        return ReferenceContraNorm(correction.scale, correction.tau)
+        return ReferenceContraNorm(correction.strength(), correction.config.contranorm_tau)
     if name == "dgn":
         return ReferenceDGN(correction)
     raise ValueError(f"no reference-style implementation of correction {name!r}")

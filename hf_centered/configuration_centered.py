@@ -10,6 +10,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, ViTConfig
 from transformers.utils import logging
 
+from .correction_base import STRENGTH_MODES
 from .corrections import CORRECTIONS, NO_CORRECTION, available_corrections
 from .fusion import NO_FUSION, available_fusions
 
@@ -44,6 +45,13 @@ class CorrectionConfigMixin:
         dgn_momentum (`float`, defaults to 0.1): momentum of DGN's running statistics (PyG's default).
         fusion (`str`, defaults to `"none"`): one of `available_fusions()`, applied to the layer outputs before
             the head.
+        correction_strength (`str`, defaults to `"fixed"`): `"fixed"` applies each correction at its configured
+            strength; `"learned"` multiplies it by learnable gates that start at exactly 0 (one per corrected layer,
+            one per head for the attention-site corrections), so that a converted pretrained model equals the stock
+            one until training moves the gates. A gate may turn negative (the opposite correction).
+        strength_gate_scale (`float`, defaults to 100.0): a learned gate is `strength_gate_scale` × its parameter.
+            Under Adam-type optimisers this multiplies the gates' effective learning rate by the same factor, without
+            a parameter group: at the model's learning rate the gates barely move in a fine-tuning run.
     """
 
     correction: str | list[str] = "centered"
@@ -56,6 +64,8 @@ class CorrectionConfigMixin:
     dgn_lambda: float | int = 0.01
     dgn_momentum: float | int = 0.1
     fusion: str = "none"
+    correction_strength: str = "fixed"
+    strength_gate_scale: float | int = 100.0
 
     # hidden_states[-1] stays the raw last layer when a fusion replaces last_hidden_state.
     tie_last_hidden_states = False
@@ -120,6 +130,24 @@ class CorrectionConfigMixin:
             raise ValueError(f"dgn_groups={self.dgn_groups!r} is not valid: allowed values are integers >= 1.")
         if not _is_number(self.dgn_momentum) or not 0 <= self.dgn_momentum <= 1:
             raise ValueError(f"dgn_momentum={self.dgn_momentum!r} is not valid: allowed values are in [0, 1].")
+        if self.correction_strength not in STRENGTH_MODES:
+            raise ValueError(
+                f"correction_strength={self.correction_strength!r} is not valid: allowed values are "
+                f"{_allowed(STRENGTH_MODES)}."
+            )
+        if not _is_number(self.strength_gate_scale) or not self.strength_gate_scale > 0:
+            raise ValueError(
+                f"strength_gate_scale={self.strength_gate_scale!r} is not valid: allowed values are finite numbers > 0."
+            )
+        if self.correction_strength == "learned":
+            # A learned gate multiplies the configured strength: at 0 it would never receive a gradient.
+            for name in names:
+                field = CORRECTIONS[name].strength_field if name in CORRECTIONS else None
+                if field is not None and getattr(self, field) == 0:
+                    raise ValueError(
+                        f"{field}=0 is not valid with correction_strength='learned': the learned gates scale it, so "
+                        "allowed values are finite numbers > 0."
+                    )
         if self.fusion not in available_fusions():
             raise ValueError(
                 f"fusion={self.fusion!r} is not valid: allowed values are {_allowed(available_fusions())}."

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
 ATTENTION_SITE = "attention"
 """Per head, on the attention backend's output `(B, n, H, d_h)` before the heads are merged (BERT B1, ViT V2)."""
@@ -14,6 +15,11 @@ BEFORE_NORM_SITE = "before_norm"
 """On the tokens `(B, n, d)` that enter a LayerNorm (BERT B2: the post-attention LN; ViT V1, V4, V5: every norm)."""
 LAYER_OUTPUT_SITE = "layer_output"
 """On the output `(B, n, d)` of a whole encoder layer, which is also what `hidden_states` records."""
+
+FIXED_STRENGTH = "fixed"
+LEARNED_STRENGTH = "learned"
+STRENGTH_MODES = (FIXED_STRENGTH, LEARNED_STRENGTH)
+"""Values of `config.correction_strength`."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,11 @@ class Correction(nn.Module):
     Its `forward` takes the site's tensor and the `CorrectionState` and returns a tensor of the same shape:
     - `ATTENTION_SITE`: `forward(context (B, n, H, d_h), value (B, H, n, d_h), state)`;
     - `BEFORE_NORM_SITE` and `LAYER_OUTPUT_SITE`: `forward(hidden (B, n, d), state)`.
+
+    Its strength is read through `strength()`: the configured value (`strength_field`) as a float, or with
+    `config.correction_strength="learned"` that value times learnable gates `strength_gate_scale · θ`, θ starting at
+    0, one per head at the attention site (shape `(H,)`) and one per instance elsewhere (shape `(1,)`). The
+    configuration is read at every call, so a strength changed on `model.config` takes effect.
     """
 
     name: ClassVar[str]
@@ -53,7 +64,13 @@ class Correction(nn.Module):
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
+        if config.correction_strength == LEARNED_STRENGTH:
+            num_gates = config.num_attention_heads if self.site == ATTENTION_SITE else 1
+            self.strength_gate = nn.Parameter(torch.zeros(num_gates))
+        else:
+            self.register_parameter("strength_gate", None)
 
     @classmethod
     def acts_in_layer(cls, config, layer_idx: int) -> bool:
@@ -61,7 +78,28 @@ class Correction(nn.Module):
         return True
 
     def reset_parameters(self) -> None:
-        """Initialises new parameters with `transformers.initialization` (which skips loaded tensors)."""
+        """Initialises new parameters with `transformers.initialization` (which skips loaded tensors); subclasses with
+        parameters of their own extend it."""
+        if self.strength_gate is not None:
+            init.zeros_(self.strength_gate)
+
+    def strength(self) -> float | torch.Tensor:
+        """The effective strength: a float (`"fixed"`), or the configured value times the gates (`"learned"`)."""
+        configured = float(getattr(self.config, self.strength_field))
+        if self.strength_gate is None:
+            return configured
+        return (configured * float(self.config.strength_gate_scale)) * self.strength_gate
+
+    def head_strength(self) -> float | torch.Tensor:
+        """`ATTENTION_SITE`: the strength shaped `(H, 1, 1)` to broadcast over `(B, H, n, d_h)` (a float if fixed)."""
+        strength = self.strength()
+        return strength[:, None, None] if isinstance(strength, torch.Tensor) else strength
+
+    def extra_repr(self) -> str:
+        fields = [f"{name}={getattr(self.config, name)}" for name in self.hyperparameters]
+        if self.strength_gate is not None:
+            fields.append(f"learned gates={self.strength_gate.numel()}")
+        return ", ".join(fields)
 
     def value_shift(self, value: torch.Tensor, state: CorrectionState) -> torch.Tensor | None:
         """`ATTENTION_SITE` only: a `T` `(B, H, 1, d_h)`, the same for every key, such that this correction maps the

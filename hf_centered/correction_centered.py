@@ -13,7 +13,8 @@ per head, where :math:`m` is the padding mask and :math:`n_r` the number of real
 included). Only :math:`AV` is needed, so the correction runs on top of whatever backend computed it (eager, SDPA,
 flash) and costs O(n·d) per layer; the attention matrix is never materialised.
 
-Arguments ↔ symbols: `config.centered_scale` = γ (1.0 = the paper's centering; 0 = stock attention).
+Arguments ↔ symbols: `config.centered_scale` = γ (1.0 = the paper's centering; 0 = stock attention); with
+`config.correction_strength="learned"`, γ_h = γ·g_h per head h, the gates g_h starting at 0.
 The correction is applied after attention dropout. Without attention dropout (inference, or
 `attention_probs_dropout_prob=0`) it is computed as :math:`A(V - \gamma\mathbf 1\bar v^\top)`, equal because each
 row of A sums to 1, so that the fused kernel's output is already the corrected context and backward keeps no extra
@@ -42,22 +43,15 @@ class CenteredAttention(Correction):
     site = ATTENTION_SITE
     saved_activations = 0
 
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
-        self.scale = float(config.centered_scale)
-
     def value_shift(self, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
-        """γ·v̄ per head, `(B, H, 1, d_h)`."""
+        """γ_h·v̄ per head, `(B, H, 1, d_h)`."""
         if state.padding_mask is None:
             value_mean = value.mean(dim=2, keepdim=True)
         else:
             weights = state.padding_mask.to(value.dtype)
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
             value_mean = weights[:, None, None, :] @ value
-        return self.scale * value_mean
+        return self.head_strength() * value_mean
 
     def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
         return context - self.value_shift(value, state).transpose(1, 2)
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.scale}"

@@ -16,7 +16,9 @@ paper's default ``--pos 7``); ViT, in front of each block's two norms and, when 
 final norm, keeping the pretrained norms' weights. :math:`SX` is computed with fused
 `scaled_dot_product_attention` as one head of width d, so no n×n tensor is kept for backward.
 
-Arguments ↔ symbols: `config.contranorm_scale` = s (0 = identity), `config.contranorm_tau` = τ (> 0).
+Arguments ↔ symbols: `config.contranorm_scale` = s (0 = identity), `config.contranorm_tau` = τ (> 0); with
+`config.correction_strength="learned"`, s·g with one gate g per instance (per layer; the ViT's final norm has its
+own), starting at 0.
 """
 
 from __future__ import annotations
@@ -42,11 +44,6 @@ class ContraNorm(Correction):
     site = BEFORE_NORM_SITE
     saved_activations = 3  # the unit directions (q = k), the kernel's output and the corrected tokens
 
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
-        self.scale = float(config.contranorm_scale)
-        self.tau = float(config.contranorm_tau)
-
     def forward(self, hidden: torch.Tensor, state: CorrectionState) -> torch.Tensor:
         tokens = hidden.unsqueeze(1)  # one head of width d: (B, 1, n, d)
         directions = F.normalize(tokens, dim=-1)
@@ -56,9 +53,6 @@ class ContraNorm(Correction):
             mask = state.padding_mask | ~state.padding_mask.any(dim=-1, keepdim=True)
             key_mask = mask[:, None, None, :]
         similar_mean = F.scaled_dot_product_attention(
-            directions, directions, tokens, attn_mask=key_mask, scale=1 / self.tau
+            directions, directions, tokens, attn_mask=key_mask, scale=1 / float(self.config.contranorm_tau)
         )
-        return hidden - self.scale * similar_mean.squeeze(1)
-
-    def extra_repr(self) -> str:
-        return f"s={self.scale}, tau={self.tau}"
+        return hidden - self.strength() * similar_mean.squeeze(1)

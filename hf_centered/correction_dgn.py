@@ -20,7 +20,9 @@ post-FFN LayerNorm in BERT and after the MLP residual in ViT, so `hidden_states`
 Batch statistics couple the sequences of a batch in training. Under gradient checkpointing the running statistics
 are updated by the first forward only, not again by the recomputation during backward.
 
-Arguments ↔ symbols: `config.dgn_groups` = G, `config.dgn_lambda` = λ (0 = identity; reference 0.005, PyG 0.01),
+Arguments ↔ symbols: `config.dgn_groups` = G, `config.dgn_lambda` = λ (0 = identity; reference 0.005, PyG 0.01;
+with `config.correction_strength="learned"`, λ·g with one gate g per layer, starting at 0, folded into
+:math:`\Gamma` and :math:`c` so that backward keeps no extra `(B, n, d)` tensor for it),
 `config.dgn_momentum` = BN momentum of the running statistics (PyG 0.1). :math:`U, b` = `assign`;
 :math:`\gamma, \beta` = `weight`, `bias` of shape (G, d); ε = 1e-5.
 """
@@ -61,31 +63,30 @@ class DifferentiableGroupNorm(Correction):
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)
-        self.groups = config.dgn_groups
-        self.lamda = float(config.dgn_lambda)
-        self.momentum = float(config.dgn_momentum)
-        hidden_size = config.hidden_size
-        self.assign = nn.Linear(hidden_size, self.groups)
-        self.weight = nn.Parameter(torch.ones(self.groups, hidden_size))
-        self.bias = nn.Parameter(torch.zeros(self.groups, hidden_size))
-        self.register_buffer("running_mean", torch.zeros(self.groups, hidden_size))
-        self.register_buffer("running_var", torch.ones(self.groups, hidden_size))
+        groups, hidden_size = config.dgn_groups, config.hidden_size
+        self.assign = nn.Linear(hidden_size, groups)
+        self.weight = nn.Parameter(torch.ones(groups, hidden_size))
+        self.bias = nn.Parameter(torch.zeros(groups, hidden_size))
+        self.register_buffer("running_mean", torch.zeros(groups, hidden_size))
+        self.register_buffer("running_var", torch.ones(groups, hidden_size))
 
     def reset_parameters(self) -> None:
+        super().reset_parameters()
         init.ones_(self.weight)
         init.zeros_(self.bias)
         init.zeros_(self.running_mean)
         init.ones_(self.running_var)
 
     def forward(self, hidden: torch.Tensor, state: CorrectionState) -> torch.Tensor:
-        tokens = hidden.float()
-        assignment = torch.softmax(self.assign(hidden).float(), dim=-1)  # (B, n, G)
+        dtype = torch.promote_types(hidden.dtype, torch.float32)  # batch statistics in at least float32
+        tokens = hidden.to(dtype)
+        assignment = torch.softmax(self.assign(hidden).to(dtype), dim=-1)  # (B, n, G)
         if self.training:
             real = assignment if state.padding_mask is None else assignment * state.padding_mask[..., None]
             count = (
-                torch.tensor(float(hidden.shape[0] * hidden.shape[1]), device=hidden.device)
+                torch.tensor(float(hidden.shape[0] * hidden.shape[1]), device=hidden.device, dtype=dtype)
                 if state.padding_mask is None
-                else state.padding_mask.sum().float()
+                else state.padding_mask.sum().to(dtype)
             ).clamp_min(1)
             mean = torch.einsum("bng,bnd->gd", real, tokens) / count
             mean_square = torch.einsum("bng,bnd->gd", real * assignment, tokens * tokens) / count
@@ -93,14 +94,15 @@ class DifferentiableGroupNorm(Correction):
             if not _inside_backward():
                 with torch.no_grad():
                     unbiased = var * (count / (count - 1).clamp_min(1))
-                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+                    momentum = float(self.config.dgn_momentum)
+                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
         else:
-            mean, var = self.running_mean.float(), self.running_var.float()
-        group_scale = self.weight.float() * torch.rsqrt(var + self.eps)  # (G, d)
-        group_shift = self.bias.float() - mean * group_scale
-        normalized_sum = tokens * (assignment @ group_scale) + group_shift.sum(dim=0)
-        return hidden + (self.lamda * normalized_sum).to(hidden.dtype)
-
-    def extra_repr(self) -> str:
-        return f"groups={self.groups}, lambda={self.lamda}, momentum={self.momentum}"
+            mean, var = self.running_mean.to(dtype), self.running_var.to(dtype)
+        # λΓ and λc: the strength multiplies (G, d) tensors, never the (B, n, d) sum.
+        strength = self.strength()
+        if isinstance(strength, torch.Tensor):
+            strength = strength.to(dtype)
+        group_scale = strength * self.weight.to(dtype) * torch.rsqrt(var + self.eps)  # (G, d)
+        group_shift = strength * self.bias.to(dtype) - mean * group_scale
+        return hidden + (tokens * (assignment @ group_scale) + group_shift.sum(dim=0)).to(hidden.dtype)

@@ -14,6 +14,11 @@ passed through the final LayerNorm first, else the deep un-normalised layers wou
   cancels in the softmax, so the bias is per layer). A softmax cannot put all weight on one layer, so it is
   initialised with :math:`w = 0` and :math:`b` giving the last layer :math:`\alpha = 0.99`: the output starts within
   1% of the pretrained one, and Adam-type optimisers move the saturated logits at their usual rate.
+
+With `config.correction_strength="learned"`, a fusion that does not start as the last layer (`max`, `gate`) is mixed
+in through one learnable gate starting at 0, :math:`H^{(L)} + g\,(\hat H - H^{(L)})` with
+:math:`g = \texttt{strength\_gate\_scale}\cdot\theta`, so the converted model starts as the pretrained one
+exactly; `concat` already does and gets no gate (a gate on a zero difference would never receive a gradient).
 """
 
 from __future__ import annotations
@@ -59,15 +64,34 @@ class LayerFusion(nn.Module):
     citation: ClassVar[str] = CITATION
     saved_activations: ClassVar[int] = 1
     """How many more `(B, n, d)` tensors backward keeps than the unfused model, in all (the tests count them): the last
-    layer's output, which the unfused model returns without keeping it."""
+    layer's output, which the unfused model returns without keeping it. A learned gate costs one more: the difference
+    it multiplies, or with `keeps_last_and_fused` none, but then the fused output that its normalisation keeps is no
+    longer the model's output (which the head keeps anyway)."""
+    keeps_last_and_fused: ClassVar[bool] = False
+    """Whether backward keeps the last layer's output and the fused output anyway (a learned gate then keeps those)."""
+    starts_as_last_layer: ClassVar[bool] = False
+    """Whether the initialised fusion outputs the last layer exactly (then a learned strength needs no gate)."""
 
-    def __init__(self, num_layers: int, hidden_size: int):
+    def __init__(self, num_layers: int, hidden_size: int, learned_strength_scale: float | None = None):
+        """`learned_strength_scale`: with a learned strength, the factor c of the gate g = c·θ; None for no gate."""
         super().__init__()
         self.num_layers = num_layers
         self.hidden_size = hidden_size
+        if learned_strength_scale is not None and not self.starts_as_last_layer:
+            self.strength_gate = nn.Parameter(torch.zeros(1))
+            self.gate_scale = float(learned_strength_scale)
+        else:
+            self.register_parameter("strength_gate", None)
 
     def reset_parameters(self) -> None:
-        """Initialises the parameters with `transformers.initialization` (which skips loaded tensors)."""
+        """Initialises the parameters with `transformers.initialization` (which skips loaded tensors); subclasses with
+        parameters of their own extend it."""
+        if self.strength_gate is not None:
+            init.zeros_(self.strength_gate)
+
+    def strength(self) -> float | torch.Tensor:
+        """The weight of the fused output against the last layer's: 1, or the learned gate `(1,)`."""
+        return 1.0 if self.strength_gate is None else self.gate_scale * self.strength_gate
 
     def accumulate(self, partial: Any, layer_index: int, hidden: torch.Tensor) -> Any:
         """Folds layer `layer_index`'s output into `partial` (None before the first layer) and returns the result."""
@@ -78,14 +102,40 @@ class LayerFusion(nn.Module):
         raise NotImplementedError
 
     def forward(self, layer_outputs: Iterable[torch.Tensor]) -> torch.Tensor:
-        partial, count = None, 0
+        partial, count, hidden = None, 0, None
         for layer_index, hidden in enumerate(layer_outputs):
             if layer_index >= self.num_layers:
                 raise ValueError(f"{type(self).__name__} fuses {self.num_layers} layers, got more.")
             partial, count = self.accumulate(partial, layer_index, hidden), layer_index + 1
         if count != self.num_layers:
             raise ValueError(f"{type(self).__name__} fuses {self.num_layers} layers, got {count}.")
-        return self.finish(partial)
+        fused = self.finish(partial)
+        if self.strength_gate is None:
+            return fused
+        return _GatedMix.apply(hidden, fused, self.strength(), self.keeps_last_and_fused)
+
+
+class _GatedMix(torch.autograd.Function):
+    """`last + w·(fused − last)` for a gate `w` of shape (1,): ∂/∂last = g·(1 − w), ∂/∂fused = g·w and
+    ∂/∂w = Σ g ⊙ (fused − last). Backward keeps `last` and `fused` when the fusion keeps them anyway
+    (`LayerFusion.keeps_last_and_fused`), else their difference: one `(B, n, d)` tensor at most."""
+
+    @staticmethod
+    def forward(ctx, last: torch.Tensor, fused: torch.Tensor, weight: torch.Tensor, keep_inputs: bool):
+        difference = fused - last
+        ctx.keep_inputs = keep_inputs
+        ctx.save_for_backward(*((last, fused) if keep_inputs else (difference,)), weight)
+        return last + weight.to(last.dtype) * difference
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        *kept, weight = ctx.saved_tensors
+        difference = kept[1] - kept[0] if ctx.keep_inputs else kept[0]
+        grad_fused = grad * weight.to(grad.dtype)
+        dtype = torch.promote_types(grad.dtype, torch.float32)  # a sum over every element: at least float32
+        grad_weight = (grad.to(dtype) * difference.to(dtype)).sum().reshape(1).to(weight.dtype)
+        return grad - grad_fused, grad_fused, grad_weight, None
 
 
 class ConcatFusion(LayerFusion):
@@ -93,13 +143,15 @@ class ConcatFusion(LayerFusion):
     arithmetic as the concatenation, without materialising the `(B, n, L·d)` copy."""
 
     name = "concat"
+    starts_as_last_layer = True
 
-    def __init__(self, num_layers: int, hidden_size: int):
-        super().__init__(num_layers, hidden_size)
+    def __init__(self, num_layers: int, hidden_size: int, learned_strength_scale: float | None = None):
+        super().__init__(num_layers, hidden_size, learned_strength_scale)
         self.weight = nn.Parameter(torch.empty(hidden_size, num_layers * hidden_size))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
 
     def reset_parameters(self) -> None:
+        super().reset_parameters()
         select_last = torch.zeros(self.hidden_size, self.num_layers * self.hidden_size)
         select_last[:, -self.hidden_size :] = torch.eye(self.hidden_size)
         init.copy_(self.weight, select_last)
@@ -174,13 +226,15 @@ class GateFusion(LayerFusion):
 
     name = "gate"
     initial_last_layer_weight = 0.99
+    keeps_last_and_fused = True  # the last layer's weighted step and `_Normalise` keep them
 
-    def __init__(self, num_layers: int, hidden_size: int):
-        super().__init__(num_layers, hidden_size)
+    def __init__(self, num_layers: int, hidden_size: int, learned_strength_scale: float | None = None):
+        super().__init__(num_layers, hidden_size, learned_strength_scale)
         self.weight = nn.Parameter(torch.zeros(hidden_size))
         self.layer_bias = nn.Parameter(torch.zeros(num_layers))
 
     def reset_parameters(self) -> None:
+        super().reset_parameters()
         init.zeros_(self.weight)
         layer_bias = torch.zeros(self.num_layers)
         if self.num_layers > 1:
@@ -229,4 +283,5 @@ def available_fusions() -> list[str]:
 def build_fusion(config) -> LayerFusion | None:
     if config.fusion == NO_FUSION:
         return None
-    return FUSIONS[config.fusion](config.num_hidden_layers, config.hidden_size)
+    learned_strength_scale = config.strength_gate_scale if config.correction_strength == "learned" else None
+    return FUSIONS[config.fusion](config.num_hidden_layers, config.hidden_size, learned_strength_scale)

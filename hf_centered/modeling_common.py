@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .correction_base import CorrectionState
+from .correction_base import Correction, CorrectionState
+from .fusion import LayerFusion
 
 
 def apply_corrections(corrections: nn.ModuleDict, tensor: torch.Tensor, *inputs) -> torch.Tensor:
@@ -35,6 +36,33 @@ def last_output(layer_outputs: Iterator[torch.Tensor]) -> torch.Tensor:
     for hidden_states in layer_outputs:  # noqa: B007 (only the last one is kept)
         pass
     return hidden_states
+
+
+class CorrectionStrengthsMixin:
+    """`correction_strengths()` for the corrected models."""
+
+    def correction_strengths(self) -> dict[str, dict[str, list[float]]]:
+        """The effective strength of every correction where it acts, as plain floats: `{correction: {place: values}}`.
+
+        Places are `"layer i"` (0-based) and, for the ViT's ContraNorm before the final norm, `"final norm"`; values
+        hold one float per head at the attention site (centered, NeuTRENO) when the strengths are learned, else one
+        float. With `correction_strength="learned"` a value is the configured strength times its gate (0 before
+        training, negative where training asked for the opposite correction); with `"fixed"` it is the configured
+        strength. A gated fusion (`max`, `gate`) appears as `"<name> fusion"` with its mixing weight at `"output"`.
+        """
+        strengths: dict[str, dict[str, list[float]]] = {}
+        for path, module in self.named_modules():
+            if isinstance(module, Correction):
+                place = "final norm" if "final_norm" in path else f"layer {module.layer_idx}"
+                entries = strengths.setdefault(module.name, {})
+            elif isinstance(module, LayerFusion) and module.strength_gate is not None:
+                place, entries = "output", strengths.setdefault(f"{module.name} fusion", {})
+            else:
+                continue
+            strength = module.strength()
+            entries[place] = strength.detach().float().tolist() if isinstance(strength, torch.Tensor) else [strength]
+        order = [*self.config.corrections, *(name for name in strengths if name.endswith(" fusion"))]
+        return {name: strengths[name] for name in order if name in strengths}
 
 
 def is_plain_linear(module: nn.Module) -> bool:

@@ -20,8 +20,18 @@ def _corrected_layers(config) -> set[int]:
     return set(range(config.num_hidden_layers)) if config.correction_layers is None else set(config.correction_layers)
 
 
-def attention(config, layer_idx, q_proj, k_proj, v_proj, x, real, first_values):
-    """Per-head materialised softmax attention with centered / NeuTRENO corrections; returns merged context, V."""
+def _strength(config, field: str, module) -> float | torch.Tensor:
+    """The configured strength, times `strength_gate_scale` × the module's gates when they are learned: a float, or a
+    `(gates, 1, 1)` tensor (one per head at the attention site, else one)."""
+    if module.strength_gate is None:
+        return getattr(config, field)
+    return getattr(config, field) * config.strength_gate_scale * module.strength_gate[:, None, None]
+
+
+def attention(config, layer_idx, q_proj, k_proj, v_proj, x, real, first_values, corrections):
+    """Per-head materialised softmax attention with centered / NeuTRENO corrections; returns merged context, V.
+
+    `corrections` is the module's attention-site ModuleDict, read for its learned gates only."""
     heads = config.num_attention_heads
     q, k, v = _heads(q_proj(x), heads), _heads(k_proj(x), heads), _heads(v_proj(x), heads)
     scores = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
@@ -31,21 +41,24 @@ def attention(config, layer_idx, q_proj, k_proj, v_proj, x, real, first_values):
         if "centered" in config.corrections:
             for b in range(x.shape[0]):
                 mean = v[b][:, real[b]].mean(dim=1, keepdim=True)  # (H, 1, d_h) over real keys
-                context[b] = context[b] - config.centered_scale * mean
+                context[b] = context[b] - _strength(config, "centered_scale", corrections["centered"]) * mean
         if "neutreno" in config.corrections and layer_idx >= 1:
-            context = context + config.neutreno_lambda * (first_values - v)
+            context = context + _strength(config, "neutreno_lambda", corrections["neutreno"]) * (first_values - v)
     return context.transpose(1, 2).reshape(x.shape), v
 
 
-def contranorm(config, layer_idx, x, real):
+def contranorm(config, layer_idx, x, real, corrections):
     if "contranorm" not in config.corrections or layer_idx not in _corrected_layers(config):
         return x
+    scale = _strength(config, "contranorm_scale", corrections["contranorm"])
+    if isinstance(scale, torch.Tensor):
+        scale = scale.view(())
     out = x.clone()
     for b in range(x.shape[0]):
         tokens = x[b][real[b]]
         directions = tokens / tokens.norm(dim=-1, keepdim=True)
         similarity = torch.softmax(directions @ directions.T / config.contranorm_tau, dim=-1)
-        out[b][real[b]] = tokens - config.contranorm_scale * similarity @ tokens
+        out[b][real[b]] = tokens - scale * similarity @ tokens
     return out
 
 
@@ -67,13 +80,22 @@ def dgn(config, layer_idx, module, x, real, training):
         eps=module.eps,
     ).view(tokens.shape[0], config.dgn_groups, -1)
     out = x.clone()
-    out[real] = tokens + config.dgn_lambda * normalized.sum(dim=1)
+    lamda = _strength(config, "dgn_lambda", module)
+    out[real] = tokens + (lamda.view(()) if isinstance(lamda, torch.Tensor) else lamda) * normalized.sum(dim=1)
     return out
 
 
 def fuse(config, fusion, layer_outputs):
     if config.fusion == "none":
         return layer_outputs[-1]
+    fused = _fuse_without_gate(config, fusion, layer_outputs)
+    if getattr(fusion, "strength_gate", None) is None:
+        return fused
+    weight = config.strength_gate_scale * fusion.strength_gate
+    return (1 - weight) * layer_outputs[-1] + weight * fused
+
+
+def _fuse_without_gate(config, fusion, layer_outputs):
     if config.fusion == "max":
         result = layer_outputs[0]
         for output in layer_outputs[1:]:
@@ -97,9 +119,9 @@ def bert_forward(model, input_ids, attention_mask):
     layer_outputs = []
     for i, layer in enumerate(model.encoder.layer):
         sa = layer.attention.self
-        context, _ = attention(config, i, sa.query, sa.key, sa.value, x, real, first_values)
+        context, _ = attention(config, i, sa.query, sa.key, sa.value, x, real, first_values, sa.corrections)
         h = layer.attention.output.dense(context) + x
-        y = layer.attention.output.LayerNorm(contranorm(config, i, h, real))
+        y = layer.attention.output.LayerNorm(contranorm(config, i, h, real, layer.attention.output.corrections))
         ffn = layer.output.dense(F.gelu(layer.intermediate.dense(y)))
         x = layer.output.LayerNorm(ffn + y)
         x = dgn(config, i, getattr(layer.corrections, "dgn", None), x, real, model.training)
@@ -113,18 +135,19 @@ def vit_forward(model, pixel_values):
     x = model.embeddings(pixel_values)
     real = torch.ones(x.shape[:2], dtype=torch.bool)
     first = model.layers[0]
-    first_values = _heads(
-        first.attention.v_proj(first.layernorm_before(contranorm(config, 0, x, real))), config.num_attention_heads
-    )
+    first_input = first.layernorm_before(contranorm(config, 0, x, real, first.norm_corrections))
+    first_values = _heads(first.attention.v_proj(first_input), config.num_attention_heads)
     layer_outputs = []
     for i, layer in enumerate(model.layers):
-        at = layer.attention
-        u = layer.layernorm_before(contranorm(config, i, x, real))
-        context, _ = attention(config, i, at.q_proj, at.k_proj, at.v_proj, u, real, first_values)
+        at, norm_corrections = layer.attention, layer.norm_corrections
+        u = layer.layernorm_before(contranorm(config, i, x, real, norm_corrections))
+        context, _ = attention(config, i, at.q_proj, at.k_proj, at.v_proj, u, real, first_values, at.corrections)
         y = at.o_proj(context) + x
-        mlp = layer.mlp.fc2(F.gelu(layer.mlp.fc1(layer.layernorm_after(contranorm(config, i, y, real)))))
+        mlp_input = layer.layernorm_after(contranorm(config, i, y, real, norm_corrections))
+        mlp = layer.mlp.fc2(F.gelu(layer.mlp.fc1(mlp_input)))
         x = dgn(config, i, getattr(layer.output_corrections, "dgn", None), mlp + y, real, model.training)
         layer_outputs.append(x)
     last = config.num_hidden_layers - 1
-    normed = [model.layernorm(contranorm(config, last, output, real)) for output in layer_outputs]
+    final_corrections = model.final_norm_corrections
+    normed = [model.layernorm(contranorm(config, last, output, real, final_corrections)) for output in layer_outputs]
     return fuse(config, model.fusion, normed)

@@ -9,6 +9,7 @@ from conftest import BERT_SIZES, VIT_SIZES
 from transformers import AutoConfig, BertConfig, ViTConfig
 
 from hf_centered import CenteredBertConfig, CenteredViTConfig
+from hf_centered.corrections import CORRECTIONS
 
 CONFIG_CLASSES = [CenteredBertConfig, CenteredViTConfig]
 API_DEFAULTS = {
@@ -21,6 +22,8 @@ API_DEFAULTS = {
     "dgn_groups": 10,
     "dgn_lambda": 0.01,
     "fusion": "none",
+    "correction_strength": "fixed",
+    "strength_gate_scale": 100.0,
 }
 INVALID = [
     ("correction", "centred"),
@@ -50,6 +53,11 @@ INVALID = [
     ("dgn_lambda", -0.01),
     ("dgn_momentum", 1.5),
     ("fusion", "sum"),
+    ("correction_strength", "auto"),
+    ("correction_strength", None),
+    ("strength_gate_scale", 0),
+    ("strength_gate_scale", -1.0),
+    ("strength_gate_scale", float("inf")),
 ]
 
 
@@ -66,6 +74,16 @@ def test_invalid_value_raises_value_error_naming_the_field(config_class, field, 
     with pytest.raises(ValueError, match=field) as error:
         config_class(num_hidden_layers=3, **{field: value})
     assert "allowed" in str(error.value) or "twice" in str(error.value) or "combines" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["centered", "neutreno", "contranorm", "dgn"])
+def test_learned_strength_refuses_a_zero_strength_it_could_never_move(name):
+    field = CORRECTIONS[name].strength_field
+    with pytest.raises(ValueError, match=f"{field}=0 is not valid with correction_strength='learned'"):
+        CenteredBertConfig(correction=[name], correction_strength="learned", **{field: 0.0})
+    CenteredBertConfig(correction=[name], **{field: 0.0})  # fixed: 0 is the stock model
+    other = "dgn" if name != "dgn" else "centered"
+    CenteredBertConfig(correction=[other], correction_strength="learned", **{field: 0.0})  # unused field
 
 
 def test_bert_must_stay_an_encoder():
@@ -86,6 +104,8 @@ def test_every_field_round_trips_through_config_json(tmp_path, config_class):
         dgn_lambda=0.02,
         dgn_momentum=0.2,
         fusion="gate",
+        correction_strength="learned",
+        strength_gate_scale=30.0,
     )
     config = config_class(num_hidden_layers=3, **fields)
     config.save_pretrained(tmp_path)

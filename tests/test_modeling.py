@@ -94,6 +94,106 @@ def test_zero_strength_equals_stock(name):
     _assert_stock_equivalent(ViTModel, CenteredViTModel, vit_config(correction=name, **strength), vit_inputs())
 
 
+LEARNED = dict(correction_strength="learned")
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_learned_strength_starts_as_the_stock_model(methods, fusion, implementation, training):
+    """Gates at 0 reproduce the stock model exactly, on a padded batch, whatever the configured strengths."""
+    for stock_class, centered_class, config, inputs in [
+        (BertModel, CenteredBertModel, bert_config, bert_inputs()),
+        (ViTModel, CenteredViTModel, vit_config, vit_inputs()),
+    ]:
+        fields = dict(correction=methods, fusion=fusion, attn_implementation=implementation, **LEARNED)
+        model = centered_class(config(**fields)).train(training)
+        stock = stock_class(_stock_config(model.config)).train(training)
+        missing, _ = stock.load_state_dict(model.state_dict(), strict=False)
+        assert not missing
+        with torch.no_grad():
+            expected, actual = stock(**inputs).last_hidden_state, model(**inputs).last_hidden_state
+        if "attention_mask" in inputs:
+            assert max_real_token_diff(actual, expected, inputs["attention_mask"]) <= 1e-6
+        else:
+            assert (actual - expected).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("architecture", ["bert", "vit"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+def test_every_learned_gate_gets_a_gradient_at_zero(methods, fusion, architecture):
+    """At step 0 the gates are 0, yet every one of them has a non-zero gradient, so training can move it."""
+    if architecture == "bert":
+        model_class, config, inputs = CenteredBertForSequenceClassification, bert_config, bert_inputs()
+    else:
+        model_class, config, inputs = CenteredViTForImageClassification, vit_config, vit_inputs()
+    model = model_class(config(correction=methods, fusion=fusion, **LEARNED)).train()
+    model(**inputs, labels=torch.tensor([0, 2, 1])).loss.backward()
+    gates = {name: parameter for name, parameter in model.named_parameters() if "strength_gate" in name}
+    expected_gates = sum(len(places) for places in model.correction_strengths().values())
+    assert len(gates) == expected_gates > 0
+    for name, gate in gates.items():
+        assert torch.all(gate == 0) and torch.all(gate.grad != 0), name
+
+
+def test_correction_strengths_report_the_effective_strength_per_layer_and_head():
+    config = vit_config(correction=ALL_CORRECTIONS, fusion="gate", correction_layers=[1, 2], **LEARNED)
+    model = CenteredViTModel(config)
+    with torch.no_grad():
+        model.layers[1].attention.corrections["centered"].strength_gate.copy_(torch.tensor([0.01, -0.02, 0.0, 0.03]))
+        model.final_norm_corrections["contranorm"].strength_gate.fill_(-0.005)
+        model.fusion.strength_gate.fill_(0.004)
+    strengths = model.correction_strengths()
+    assert list(strengths) == ["centered", "neutreno", "contranorm", "dgn", "gate fusion"]
+    assert list(strengths["centered"]) == ["layer 1", "layer 2"]
+    assert strengths["centered"]["layer 1"] == pytest.approx([0.7, -1.4, 0.0, 2.1])  # γ · 100 · θ
+    assert strengths["centered"]["layer 2"] == [0.0] * 4
+    assert list(strengths["contranorm"]) == ["layer 1", "layer 2", "final norm"]
+    assert strengths["contranorm"]["final norm"] == pytest.approx([0.3 * 100 * -0.005])
+    assert strengths["gate fusion"] == {"output": pytest.approx([0.4])}
+    fixed = CenteredBertModel(bert_config(correction=["centered", "dgn"])).correction_strengths()
+    assert fixed == {
+        name: {f"layer {i}": [value] for i in range(3)} for name, value in (("centered", 0.7), ("dgn", 0.5))
+    }
+
+
+def test_a_strength_changed_on_the_config_takes_effect():
+    model = CenteredBertModel(bert_config(correction=["centered", "contranorm"])).eval()
+    inputs = bert_inputs()
+    with torch.no_grad():
+        corrected = model(**inputs).last_hidden_state
+        model.config.centered_scale = model.config.contranorm_scale = 0.0
+        stock_like = model(**inputs).last_hidden_state
+    stock = BertModel(_stock_config(model.config)).eval()
+    stock.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        expected = stock(**inputs).last_hidden_state
+    assert max_real_token_diff(stock_like, expected, inputs["attention_mask"]) <= 1e-6
+    assert max_real_token_diff(corrected, expected, inputs["attention_mask"]) > 1e-3
+
+
+@pytest.mark.parametrize("methods", [["dgn"], ALL_CORRECTIONS], ids="+".join)
+def test_converting_a_stock_checkpoint_with_learned_strengths_initialises_the_gates(tmp_path, methods):
+    """The gates are new parameters: `_init_weights` sets them to 0 (not leftover memory), and the converted model
+    equals the stock checkpoint."""
+    stock = BertModel(_stock_config(bert_config(correction="none"))).eval()
+    stock.save_pretrained(tmp_path)
+    model, info = CenteredBertModel.from_pretrained(
+        tmp_path, correction=methods, fusion="max", output_loading_info=True, **LEARNED
+    )
+    gates = {name for name, _ in model.named_parameters() if "strength_gate" in name}
+    assert gates and gates <= set(info["missing_keys"])
+    assert all(torch.all(parameter == 0) for name, parameter in model.named_parameters() if name in gates)
+    inputs = bert_inputs()
+    with torch.no_grad():
+        diff = max_real_token_diff(
+            model.eval()(**inputs).last_hidden_state, stock(**inputs).last_hidden_state, inputs["attention_mask"]
+        )
+    assert diff <= 1e-6
+
+
 @pytest.mark.parametrize("name", CORRECTIONS)
 def test_correction_changes_outputs(name):
     """The equivalence tests above would pass trivially if a correction did nothing."""
@@ -194,15 +294,16 @@ def test_fusion_initialisation_preserves_the_pretrained_output(tmp_path, fusion,
             torch.testing.assert_close(weights[-1], torch.full_like(weights[-1], 0.99))
 
 
+@pytest.mark.parametrize("strength", ["fixed", "learned"])
 @pytest.mark.parametrize("architecture", ["bert", "vit"])
 @pytest.mark.parametrize("use_reentrant", [False, True])
 @pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
-def test_gradient_checkpointing_gives_the_same_gradients(methods, use_reentrant, architecture):
+def test_gradient_checkpointing_gives_the_same_gradients(methods, use_reentrant, architecture, strength):
     if architecture == "bert":
         model_class, config, inputs = CenteredBertForSequenceClassification, bert_config, bert_inputs()
     else:
         model_class, config, inputs = CenteredViTForImageClassification, vit_config, vit_inputs()
-    config = config(correction=methods, fusion="gate")
+    config = config(correction=methods, fusion="gate", correction_strength=strength)
     labels = torch.tensor([0, 2, 1])
     gradients, running = [], []
     for checkpointing in (False, True):
@@ -214,6 +315,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(methods, use_reentrant,
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         running.append({n: b.clone() for n, b in model.named_buffers() if "running" in n})
     assert gradients[0].keys() == gradients[1].keys()
+    assert (strength == "learned") == any("strength_gate" in name for name in gradients[0])
     for name in gradients[0]:
         torch.testing.assert_close(gradients[1][name], gradients[0][name], atol=1e-6, rtol=1e-5, msg=name)
     for name in running[0]:  # recomputation must not update DGN's running statistics a second time
@@ -230,23 +332,30 @@ def test_torch_compile_smoke():
         torch.testing.assert_close(compiled(**inputs).logits, expected)
 
 
+@pytest.mark.parametrize("strength", ["fixed", "learned"])
 @pytest.mark.parametrize("methods", [["none"], ALL_CORRECTIONS], ids="+".join)
 @pytest.mark.parametrize("fusion", ["none", "concat", "gate"])
-def test_save_load_round_trip(tmp_path, methods, fusion):
+def test_save_load_round_trip(tmp_path, methods, fusion, strength):
     bert = CenteredBertForSequenceClassification(
-        bert_config(correction=methods, fusion=fusion, correction_layers=[0, 2])
+        bert_config(correction=methods, fusion=fusion, correction_layers=[0, 2], correction_strength=strength)
     )
+    with torch.no_grad():  # gates away from 0, as after training
+        for name, parameter in bert.named_parameters():
+            if "strength_gate" in name:
+                parameter.normal_(std=0.01)
     bert.train()
     bert(**bert_inputs())  # moves DGN's running statistics off their initial values
     bert.eval()
     bert.save_pretrained(tmp_path / "bert")
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert").eval()
     assert type(loaded) is CenteredBertForSequenceClassification
-    for field in ("correction", "correction_layers", "fusion", "centered_scale", "dgn_groups", "contranorm_tau"):
+    for field in ("correction", "correction_layers", "fusion", "centered_scale", "dgn_groups", "correction_strength"):
         assert getattr(loaded.config, field) == getattr(bert.config, field)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**bert_inputs()).logits, bert(**bert_inputs()).logits, atol=0, rtol=0)
-    vit = CenteredViTForImageClassification(vit_config(correction=methods, fusion=fusion)).eval()
+    vit = CenteredViTForImageClassification(
+        vit_config(correction=methods, fusion=fusion, correction_strength=strength)
+    ).eval()
     vit.save_pretrained(tmp_path / "vit")
     loaded_vit = AutoModelForImageClassification.from_pretrained(tmp_path / "vit").eval()
     with torch.no_grad():
@@ -351,11 +460,14 @@ def _saved_for_backward(model: torch.nn.Module, inputs: dict, activation_bytes: 
     return len(large), floating
 
 
+@pytest.mark.parametrize("strength", ["fixed", "learned"])
 @pytest.mark.parametrize("method", [*CORRECTIONS, *(f"fusion:{name}" for name in FUSIONS if name != "none")])
-def test_backward_keeps_only_the_declared_extra_activations(method):
+def test_backward_keeps_only_the_declared_extra_activations(method, strength):
     """A method's `saved_activations` is exactly what training BERT costs on top of the stock model, counted in
-    `(B, n, d)` tensors that autograd saves (each correction per call), and nothing n×n is saved: SDPA keeps none."""
+    `(B, n, d)` tensors that autograd saves (each correction per call), and nothing n×n is saved: SDPA keeps none.
+    Learned strengths keep nothing more for the corrections; a gated fusion keeps the difference it multiplies."""
     kwargs = {"fusion": method.split(":")[1]} if method.startswith("fusion:") else {"correction": method}
+    kwargs["correction_strength"] = strength
     inputs = bert_inputs()
     batch, seq_len = inputs["input_ids"].shape
     activation_bytes = batch * seq_len * bert_config().hidden_size * 4
@@ -365,7 +477,8 @@ def test_backward_keeps_only_the_declared_extra_activations(method):
         model = CenteredBertModel(config).train()
         counts[variant], floating = _saved_for_backward(model, inputs, activation_bytes)
     if method.startswith("fusion:"):
-        expected = model.encoder.fusion.saved_activations
+        fusion = model.encoder.fusion
+        expected = fusion.saved_activations + (fusion.strength_gate is not None)
     else:  # in BERT each instance acts once per forward
         instances = [module for module in model.modules() if isinstance(module, REGISTRY[method])]
         expected = REGISTRY[method].saved_activations * len(instances)

@@ -46,3 +46,24 @@ def test_minilm_with_corrections_keeps_every_pretrained_weight(minilm):
     real = inputs["attention_mask"].bool()
     assert torch.isfinite(centered).all()
     assert (centered[real] - stock(**inputs).last_hidden_state[real]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("fusion", ["none", "gate"])
+def test_minilm_converted_with_learned_strengths_is_stock_minilm(minilm, fusion):
+    """Every correction at once, learned: the converted checkpoint is the pretrained model until the gates move."""
+    path, stock, inputs = minilm
+    model = CenteredBertModel.from_pretrained(
+        path, correction=["centered", "neutreno", "contranorm", "dgn"], fusion=fusion, correction_strength="learned"
+    )
+    for training in (False, True):  # in training, with MiniLM's own dropout drawing the same masks
+        model.train(training)
+        stock.train(training)
+        with torch.no_grad():
+            torch.manual_seed(0)
+            actual = model(**inputs)
+            torch.manual_seed(0)
+            expected = stock(**inputs)
+        stock.eval()
+        real = inputs["attention_mask"].bool()
+        assert (actual.last_hidden_state[real] - expected.last_hidden_state[real]).abs().max() <= 1e-6
+        assert (actual.pooler_output - expected.pooler_output).abs().max() <= 1e-6
