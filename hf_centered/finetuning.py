@@ -8,10 +8,15 @@ command line winning over the file. The same script runs under `torchrun` and `a
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
+import re
 import shutil
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,7 +24,9 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 import yaml
+from accelerate import PartialState
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -33,7 +40,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import SaveStrategy
 
 from . import data as offline_data
 from .cli import CORRECTION_FIELD_TYPES
@@ -52,6 +59,10 @@ IMAGE_DATASETS = ("digits",)
 BUILTIN_DATASETS = TEXT_DATASETS + IMAGE_DATASETS
 RUN_RECORD = "finetune_args.json"
 GATHERED_DIR = "gathered-weights"  # scratch folder of the full weights of a sharded (FSDP/DeepSpeed) run
+# Written into each checkpoint of a run once the Trainer has written all of it: the run's id and every file's size.
+CHECKPOINT_MARKER = "hf_centered_checkpoint.json"
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it after the weights, optimizer, scheduler and RNG states
 # Fields that may differ between a killed run and its resumption, or between a run and its re-export.
 RUN_RECORD_IGNORED = {
     "output_dir",
@@ -320,6 +331,10 @@ def validate_arguments(args: FinetuneArguments) -> None:
             fail(f"data file {path} does not exist or is not a file")
     if not 0 < data_args.validation_split_fraction < 1:
         fail(f"validation_split_fraction={data_args.validation_split_fraction} must lie strictly between 0 and 1")
+    for name in ("max_train_samples", "max_eval_samples"):
+        limit = getattr(data_args, name)
+        if limit is not None and limit < 1:
+            fail(f"{name}={limit} must be >= 1 (leave it out to use every example)")
     if args.output.profile_sequences < 0:
         fail(f"profile_sequences={args.output.profile_sequences} must be >= 0 (0 skips the profile)")
     if args.peft.use_lora and args.model.architecture is not None:
@@ -329,18 +344,147 @@ def validate_arguments(args: FinetuneArguments) -> None:
     if args.training.push_to_hub and args.peft.use_lora and not args.peft.merge_lora:
         fail("--push_to_hub with --use_lora needs --merge_lora: only a full checkpoint is exported for the Hub")
     resume = args.training.resume_from_checkpoint
-    if resume is not None and resume_target(args.training) is None:
-        fail(f"resume_from_checkpoint={resume!r}: no such checkpoint folder (or none in {args.training.output_dir})")
+    if resume is not None:
+        target = resume_target(args.training)
+        if target is None:
+            fail(f"resume_from_checkpoint={resume!r}: no complete checkpoint in {args.training.output_dir}")
+        problem = checkpoint_problem(Path(target))
+        if problem is not None:
+            fail(f"resume_from_checkpoint={resume!r} is not a complete checkpoint: {problem}")
 
 
 def resume_target(training_args: TrainingArguments) -> str | None:
-    """The checkpoint to resume from: a folder, or `true`/`last` for the newest one in output_dir."""
+    """The checkpoint to resume from: the folder given, or for `true`/`last` the newest complete one in output_dir."""
     resume = training_args.resume_from_checkpoint
-    if resume is None:
+    if resume is None or resume.lower() not in ("true", "last"):
+        return resume
+    checkpoints = reversed(checkpoints_in(Path(training_args.output_dir)))
+    return next((str(checkpoint) for _, checkpoint in checkpoints if checkpoint_problem(checkpoint) is None), None)
+
+
+def checkpoints_in(folder: Path) -> list[tuple[int, Path]]:
+    """The `checkpoint-N` folders of `folder` with their steps N, oldest step first."""
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        match = CHECKPOINT_NAME.fullmatch(path.name)
+        if match is not None and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def mark_checkpoint(checkpoint: Path, run_id: str) -> None:
+    """Records in `checkpoint` that the run `run_id` wrote it, with the size of each of its files."""
+    files = {
+        path.relative_to(checkpoint).as_posix(): path.stat().st_size
+        for path in sorted(checkpoint.rglob("*"))
+        if path.is_file() and not path.name.startswith(CHECKPOINT_MARKER)
+    }
+    partial = checkpoint / f"{CHECKPOINT_MARKER}.partial"
+    partial.write_text(json.dumps({"run_id": run_id, "files": files}, indent=2))
+    partial.replace(checkpoint / CHECKPOINT_MARKER)  # a marker is whole or absent, whenever the process dies
+
+
+def checkpoint_marker(checkpoint: Path) -> dict[str, Any] | None:
+    """The marker `mark_checkpoint` wrote (None for a checkpoint without one)."""
+    try:
+        return json.loads((checkpoint / CHECKPOINT_MARKER).read_text())
+    except (OSError, ValueError):
         return None
-    if resume.lower() in ("true", "last"):
-        return get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
-    return resume if Path(resume).is_dir() else None
+
+
+def checkpoint_run(checkpoint: Path) -> str | None:
+    """The id of the run that wrote `checkpoint` (None when no run of this module marked it)."""
+    return (checkpoint_marker(checkpoint) or {}).get("run_id")
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from, or None when it is complete.
+
+    A checkpoint this module's runs marked is complete when every file of its marker still has its recorded size. One
+    without a marker (a plain Trainer's, or one the process died in before its marker) is complete when it has the
+    trainer_state.json the Trainer writes last, and whole safetensors files.
+    """
+    if not checkpoint.is_dir():
+        return "there is no such folder"
+    marker = checkpoint_marker(checkpoint)
+    if marker is not None:
+        for name, size in marker["files"].items():
+            path = checkpoint / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} has changed size since it was written ({path.stat().st_size} bytes, not {size})"
+        return None
+    try:
+        json.loads((checkpoint / TRAINER_STATE).read_text())
+    except FileNotFoundError:
+        return f"{TRAINER_STATE} is missing (the Trainer writes it last: the checkpoint was never finished)"
+    except (OSError, ValueError):
+        return f"{TRAINER_STATE} is unreadable"
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except SafetensorError as error:
+            return f"{weights.name} is damaged ({error})"
+    return None
+
+
+class RunFolder(TrainerCallback):
+    """What a run keeps in output_dir besides the Trainer's files: its record and the marks on its checkpoints.
+
+    The Trainer's `save_total_limit` rotation (and its end-of-training clean-up) deletes any `checkpoint-*` folder,
+    the user's too, so the Trainer runs without a limit and this callback applies it to the run's own checkpoints.
+    Before the first step it refuses a complete checkpoint the run may write over, and only then writes the record.
+    """
+
+    def __init__(self, record: dict[str, Any], run_id: str, save_total_limit: int | None) -> None:
+        self.record = record
+        self.run_id = run_id
+        self.save_total_limit = save_total_limit
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        output_dir = Path(args.output_dir)
+        if args.save_strategy != SaveStrategy.NO:
+            in_reach = [
+                checkpoint.name
+                for step, checkpoint in checkpoints_in(output_dir)
+                if state.global_step < step <= state.max_steps and checkpoint_problem(checkpoint) is None
+            ]
+            if in_reach:
+                fail(
+                    f"{output_dir} holds {', '.join(in_reach)}, which this run may write over (it saves up to step "
+                    f"{state.max_steps}); resume from the newest (--resume_from_checkpoint last), move them away or "
+                    "choose another output_dir"
+                )
+        if args.process_index == 0:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / RUN_RECORD).write_text(json.dumps(self.record, indent=2))
+
+    def on_save(self, args, state, control, **kwargs):
+        PartialState().wait_for_everyone()  # every rank has written its share of the checkpoint (its RNG state)
+        if not args.should_save:
+            return
+        output_dir = Path(args.output_dir)
+        mark_checkpoint(output_dir / f"checkpoint-{state.global_step}", self.run_id)
+        if self.save_total_limit is None or self.save_total_limit <= 0:
+            return
+        own = [checkpoint for _, checkpoint in checkpoints_in(output_dir) if checkpoint_run(checkpoint) == self.run_id]
+        kept = {own[-1]} | ({Path(state.best_model_checkpoint)} if state.best_model_checkpoint else set())
+        surplus = len(own) - max(self.save_total_limit, len(kept))
+        for checkpoint in own:
+            if surplus <= 0:
+                break
+            if checkpoint not in kept:
+                shutil.rmtree(checkpoint)
+                surplus -= 1
+
+
+def remove_run_checkpoints(output_dir: Path, run_id: str) -> None:
+    """Deletes the checkpoints the run `run_id` wrote, a killed attempt's included; every other folder stays."""
+    for _, checkpoint in checkpoints_in(output_dir):
+        if checkpoint_run(checkpoint) == run_id:
+            shutil.rmtree(checkpoint)
 
 
 def correction_config_kwargs(correction_args) -> dict[str, Any]:
@@ -541,6 +685,9 @@ def load_classification_data(args: FinetuneArguments, config, modality: str, tok
             fail("image data come from the built-in digits dataset only")
         raw, label_names = normalise_labels(load_external_dataset(data_args, seed))
         dataset_label = data_args.dataset_name or Path(data_args.train_file).stem
+    for split, dataset in raw.items():
+        if len(dataset) == 0:
+            fail(f"the {split} data hold no examples")
     num_labels = args.model.num_labels or (
         len(label_names) if label_names else 1 + max(max(split["label"]) for split in raw.values())
     )
@@ -684,38 +831,72 @@ def gather_trained_model(trainer: Trainer, args: FinetuneArguments, config, sour
     return model
 
 
-def save_outputs(model, args: FinetuneArguments, processor, data, metrics, source) -> Path:
-    """Turns output_dir into the final artefact: a Hub-ready export (or a LoRA adapter) and the run's metadata."""
-    output_dir = Path(args.training.output_dir)
-    card_fields = dict(
-        model_name=args.output.model_name or output_dir.name,
+def card_fields(args: FinetuneArguments, data: ClassificationData, source, metrics=None) -> dict[str, Any]:
+    """The model card's fields; the evaluation's metrics join them once it has run."""
+    return dict(
+        model_name=args.output.model_name or Path(args.training.output_dir).name,
         model_id=args.training.hub_model_id,
         base_model=base_model_id(source),
         dataset=data.dataset_label,
-        metrics={name.removeprefix("eval_"): value for name, value in metrics.items() if _is_quality_metric(name)},
+        metrics={
+            name.removeprefix("eval_"): value for name, value in (metrics or {}).items() if _is_quality_metric(name)
+        },
         training_hyperparameters=training_hyperparameters(args, data),
     )
+
+
+def trained_model_dir(args: FinetuneArguments) -> Path:
+    """Where the trained model is saved right after training: the LoRA adapter's folder, or output_dir's export."""
+    output_dir = Path(args.training.output_dir)
+    return output_dir / "adapter" if args.peft.use_lora else output_dir
+
+
+def save_trained_model(model, args: FinetuneArguments, processor, data: ClassificationData, source) -> None:
+    """Saves the trained model into `trained_model_dir` before any step that may fail: the LoRA adapter, or a
+    Hub-ready export whose card lacks only what the evaluation adds."""
+    model_dir = trained_model_dir(args)
     if args.peft.use_lora:
         # A local base path means nothing once the adapter is shared: record the Hub id where one is known.
         model.peft_config["default"].base_model_name_or_path = base_model_id(source) or source
-        model.save_pretrained(output_dir / "adapter")
-        processor.save_pretrained(output_dir / "adapter")
+        model.save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+    else:
+        export_for_hub(model, model_dir, processor, overwrite=True, **card_fields(args, data, source))
+
+
+def complete_export(model, args: FinetuneArguments, processor, data: ClassificationData, source, metrics):
+    """The Hub-ready export once the evaluation has run: a LoRA run's merged model (none without --merge_lora), the
+    metrics and the over-smoothing profile in its card. Returns its folder (None when nothing is exported)."""
+    output_dir, model_dir = Path(args.training.output_dir), trained_model_dir(args)
+    if args.peft.use_lora:
         if not args.peft.merge_lora:
-            return output_dir / "adapter"
-        model = model.merge_and_unload()
+            return None
+        with reported_after_training("merging the LoRA adapters", model_dir):
+            model = model.merge_and_unload()
+    profile = None
     if args.output.profile_sequences > 0:
-        card_fields["profile"] = oversmoothing_profile(
-            model,
-            data.evaluation,
-            batch_size=args.training.per_device_eval_batch_size,
-            max_sequences=args.output.profile_sequences,
-            progress=False,
-        )
-    export_for_hub(model, output_dir, processor, overwrite=True, **card_fields)
-    if not args.output.keep_checkpoints:
-        for checkpoint in output_dir.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint)
+        with reported_after_training("the over-smoothing profile", model_dir):
+            profile = oversmoothing_profile(
+                model,
+                data.evaluation,
+                batch_size=args.training.per_device_eval_batch_size,
+                max_sequences=args.output.profile_sequences,
+                progress=False,
+            )
+    with reported_after_training("the Hub export", model_dir):
+        fields = card_fields(args, data, source, metrics)
+        export_for_hub(model, output_dir, processor, overwrite=True, profile=profile, **fields)
     return output_dir
+
+
+@contextmanager
+def reported_after_training(step: str, model_dir: Path) -> Iterator[None]:
+    """Reports a failure of `step` in one line: the trained model is on disk by then, and the line says where."""
+    try:
+        yield
+    except Exception as error:
+        detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}"
+        fail(f"{step} failed after training ({detail}); the trained model is saved in {model_dir}")
 
 
 def _is_quality_metric(name: str) -> bool:
@@ -742,40 +923,50 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if args.peft.use_lora:
         model = apply_lora(model, args.peft, modality)
 
-    # The export is pushed at the end, by hf_centered.push_to_hub: keep the Trainer away from the Hub.
-    push_requested, training_args.push_to_hub = training_args.push_to_hub, False
+    resume = resume_target(training_args)
+    # A resumed run continues the run that wrote its checkpoint: their checkpoints are one run's, removed together.
+    run_id = (checkpoint_run(Path(resume)) if resume is not None else None) or uuid.uuid4().hex
+    # The export is pushed at the end, by hf_centered.push_to_hub, and RunFolder applies save_total_limit.
+    trainer_args = copy.copy(training_args)
+    trainer_args.push_to_hub, trainer_args.save_total_limit = False, None
+    run_folder = RunFolder(run_record(args), run_id, training_args.save_total_limit)
     trainer = Trainer(
         model=model,
-        args=training_args,
+        args=trainer_args,
         train_dataset=data.train,
         eval_dataset=data.evaluation,
         data_collator=DataCollatorWithPadding(processor) if modality == "text" else default_data_collator,
         processing_class=processor,
         compute_metrics=compute_metrics,
-        callbacks=callbacks,
+        callbacks=[run_folder, *(callbacks or [])],
     )
-    if trainer.is_world_process_zero():
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(training_args.output_dir) / RUN_RECORD).write_text(json.dumps(run_record(args), indent=2))
-    trainer.train(resume_from_checkpoint=resume_target(training_args))
-    metrics = trainer.evaluate()
-    trainer.save_metrics("eval", metrics)
-    trainer.save_state()
+    trainer.train(resume_from_checkpoint=resume)
+
     trained_model = gather_trained_model(trainer, args, config, source, modality)
+    model_dir = trained_model_dir(args)
     if trainer.is_world_process_zero():
-        saved = save_outputs(trained_model, args, processor, data, metrics, source)
+        save_trained_model(trained_model, args, processor, data, source)
+    with reported_after_training("the evaluation", model_dir):
+        metrics = trainer.evaluate()
+        trainer.save_metrics("eval", metrics)
+        trainer.save_state()
+    if not trainer.is_world_process_zero():
+        return metrics
+    exported = complete_export(trained_model, args, processor, data, source, metrics)
+    if not args.output.keep_checkpoints:
+        remove_run_checkpoints(Path(training_args.output_dir), run_id)
+    print(
+        f"eval accuracy {metrics['eval_accuracy']:.4f}, macro-F1 {metrics['eval_f1_macro']:.4f} "
+        f"({len(data.evaluation)} examples); saved to {exported or model_dir}"
+    )
+    if args.correction.correction != ["none"] or args.correction.fusion != "none":
         print(
-            f"eval accuracy {metrics['eval_accuracy']:.4f}, macro-F1 {metrics['eval_f1_macro']:.4f} "
-            f"({len(data.evaluation)} examples); saved to {saved}"
+            "stock-model baseline under the same setup: rerun with `--correction none --fusion none` and another "
+            "--output_dir (configs/text-none.yaml is the embedded default's baseline)"
         )
-        if args.correction.correction != ["none"] or args.correction.fusion != "none":
-            print(
-                "stock-model baseline under the same setup: rerun with `--correction none --fusion none` and another "
-                "--output_dir (configs/text-none.yaml is the embedded default's baseline)"
-            )
-        if push_requested:
-            repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
-            push_to_hub(saved, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo)
-            print(f"pushed {saved} to {repo_id}")
-    training_args.push_to_hub = push_requested
+    if training_args.push_to_hub:
+        repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
+        with reported_after_training("the upload to the Hub", model_dir):
+            push_to_hub(exported, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo)
+        print(f"pushed {exported} to {repo_id}")
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from datasets import Dataset, DatasetDict
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 from transformers import BertConfig, BertModel, BertTokenizer, Trainer, TrainerCallback
@@ -335,6 +337,70 @@ def test_resumed_run_equals_the_uninterrupted_run(assets, tmp_path):
     assert_same_weights(plain_dir, relaunched_dir, atol=1e-7)
 
 
+def test_a_run_removes_only_its_own_checkpoints(assets, tmp_path):
+    output_dir = tmp_path / "out"
+    users = output_dir / "checkpoint-100"
+    users.mkdir(parents=True)
+    (users / "notes.txt").write_text("mine")
+    os.utime(users, (0, 0))  # the oldest folder: first in line for the Trainer's save_total_limit rotation
+    steps = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "1")
+    with pytest.raises(SimulatedKill):
+        main(text_argv(assets, output_dir, *steps, "--overwrite"), callbacks=[KillAfterSave(step=2)])
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-2"]
+
+    # the resumed run is the same run: it removes the killed run's checkpoints too, and nothing else
+    main(text_argv(assets, output_dir, *steps, "--overwrite", "--resume_from_checkpoint", "last"))
+    assert [path.name for path in output_dir.glob("checkpoint-*")] == ["checkpoint-100"]
+    assert [path.name for path in users.iterdir()] == ["notes.txt"] and (users / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_never_writes_over_a_complete_checkpoint(assets, tmp_path):
+    output_dir = tmp_path / "out"
+    steps = ("--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2")
+    main(text_argv(assets, output_dir, *steps, "--keep_checkpoints"))
+    kept = {path.name: path.read_bytes() for path in (output_dir / "checkpoint-2").iterdir()}
+    with pytest.raises(SystemExit, match=r"holds checkpoint-2, which this run may write over"):
+        main(text_argv(assets, output_dir, *steps, "--learning_rate", "0.5", "--overwrite"))
+    assert {path.name: path.read_bytes() for path in (output_dir / "checkpoint-2").iterdir()} == kept
+
+
+def test_last_skips_a_half_written_checkpoint(assets, tmp_path):
+    plain_dir, killed_dir = tmp_path / "plain", tmp_path / "killed"
+    steps = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+    main(text_argv(assets, plain_dir, *steps))
+    with pytest.raises(SimulatedKill):
+        main(text_argv(assets, killed_dir, *steps), callbacks=[KillAfterSave(step=2)])
+    # killed while writing checkpoint-4: its weights half written, nothing after them
+    half_written = killed_dir / "checkpoint-4"
+    half_written.mkdir()
+    shutil.copy(killed_dir / "checkpoint-2" / "config.json", half_written)
+    weights = (killed_dir / "checkpoint-2" / "model.safetensors").read_bytes()
+    (half_written / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+
+    main(text_argv(assets, killed_dir, *steps, "--resume_from_checkpoint", "last"))
+    assert_same_weights(plain_dir, killed_dir, atol=1e-7)
+    assert logged_losses(killed_dir) == pytest.approx(logged_losses(plain_dir), abs=1e-7)
+
+
+def test_a_failure_after_training_leaves_the_trained_model(assets, tmp_path, monkeypatch):
+    def broken_profile(*args, **kwargs):
+        raise RuntimeError("profile exploded\nin a second line")
+
+    monkeypatch.setattr(finetuning, "oversmoothing_profile", broken_profile)
+    output_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as stopped:
+        main(text_argv(assets, output_dir))
+    message = str(stopped.value)
+    assert "\n" not in message and "profile" in message and "profile exploded" in message
+    assert message.endswith(f"the trained model is saved in {output_dir}")
+    trained = CenteredBertForSequenceClassification.from_pretrained(output_dir)
+    base = BertModel.from_pretrained(assets.model)
+    assert trained.config.num_labels == 2
+    assert not torch.equal(
+        trained.bert.encoder.layer[0].attention.self.query.weight, base.encoder.layer[0].attention.self.query.weight
+    )
+
+
 def test_push_to_hub_uploads_the_export_only(assets, tmp_path, monkeypatch):
     calls = []
 
@@ -379,7 +445,14 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("unknown_correction", r"unknown correction\(s\) \['centred'\]"),
         ("negative_profile_sequences", r"profile_sequences=-1 must be >= 0"),
         ("lora_from_scratch", r"--use_lora adapts pretrained weights"),
-        ("missing_checkpoint", r"resume_from_checkpoint='last': no such checkpoint folder"),
+        ("missing_checkpoint", r"resume_from_checkpoint='last': no complete checkpoint in"),
+        ("half_written_checkpoint", r"checkpoint-4' is not a complete checkpoint: trainer_state.json is missing"),
+        (
+            "truncated_checkpoint",
+            r"checkpoint-4' is not a complete checkpoint: model.safetensors has changed size .*\(1 bytes, not 64\)",
+        ),
+        ("no_eval_samples", r"max_eval_samples=0 must be >= 1"),
+        ("empty_evaluation_split", r"the validation data hold no examples"),
         ("foreign_output_dir", r"is not empty and holds no fine-tuning run; pass --overwrite"),
         ("different_run", r"holds a run with a different configuration \(learning_rate\)"),
     ],
@@ -417,6 +490,21 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         argv += ["--profile_sequences", "-1"]
     elif case == "missing_checkpoint":
         argv += ["--resume_from_checkpoint", "last"]
+    elif case in ("half_written_checkpoint", "truncated_checkpoint"):
+        checkpoint = tmp_path / "elsewhere" / "checkpoint-4"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model.safetensors").write_bytes(bytes(64))
+        if case == "truncated_checkpoint":  # complete once, then cut short
+            (checkpoint / "trainer_state.json").write_text("{}")
+            finetuning.mark_checkpoint(checkpoint, run_id="earlier")
+            (checkpoint / "model.safetensors").write_bytes(bytes(1))
+        argv += ["--resume_from_checkpoint", str(checkpoint)]
+    elif case == "no_eval_samples":
+        argv += ["--max_eval_samples", "0"]
+    elif case == "empty_evaluation_split":
+        train = Dataset.from_dict({"text": ["good film"], "label": [1]})
+        empty = DatasetDict(train=train, validation=train.select([]))
+        monkeypatch.setattr(finetuning, "load_external_dataset", lambda *args: empty)
     elif case == "foreign_output_dir":
         output_dir.mkdir()
         (output_dir / "notes.txt").write_text("someone else's work")
