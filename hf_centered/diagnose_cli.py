@@ -4,7 +4,9 @@
 
 Each MODEL (local folder or hub id) is loaded with ``AutoModel`` and fed inputs built with its own tokenizer (text) or
 image processor (images). ``DIR/profile.json`` holds every profile keyed by label, ``DIR/profile.png`` draws them on one
-figure, and a layer × model table per metric is printed. Also runnable as ``python -m hf_centered.diagnose_cli
+figure, and a layer × model table per metric is printed. Models with learned correction strengths
+(``correction_strength="learned"``) also get their strength map: ``DIR/strengths.json`` keyed by label,
+``DIR/strengths-<k>.png`` for the k-th model given, and a table. Also runnable as ``python -m hf_centered.diagnose_cli
 diagnose ...``.
 """
 
@@ -24,6 +26,7 @@ from transformers.utils import logging
 
 from hf_centered.data import DIGITS_MAX_VALUE, digits, rotten_tomatoes
 from hf_centered.diagnostics import METRIC_TITLES, Profile, oversmoothing_profile, plot_profiles
+from hf_centered.strength_maps import has_learned_strengths, plot_strength_map, save_strengths, strength_table
 
 TEXT_DATASETS = ("rotten_tomatoes",)
 IMAGE_DATASETS = ("digits",)
@@ -93,8 +96,11 @@ def _run(args: argparse.Namespace) -> None:
     for name_or_path in args.models:
         _check_modality(name_or_path, _load(AutoConfig, name_or_path, args.trust_remote_code), texts is not None)
     profiles: dict[str, Profile] = {}
-    for name_or_path, label in zip(args.models, labels, strict=True):
+    strength_maps: dict[str, tuple[int, dict]] = {}
+    for position, (name_or_path, label) in enumerate(zip(args.models, labels, strict=True), start=1):
         model = _load(AutoModel, name_or_path, args.trust_remote_code).to(device)
+        if has_learned_strengths(model):
+            strength_maps[label] = position, model.correction_strengths()
         if texts is not None:
             batches = _text_batches(name_or_path, texts, args)
         else:
@@ -116,6 +122,16 @@ def _run(args: argparse.Namespace) -> None:
     plot_profiles(profiles, png_path, title=f"over-smoothing on {source_name}")
     print(format_table(profiles))
     print(f"wrote {json_path} and {png_path}")
+    if strength_maps:
+        save_strengths(
+            {label: strengths for label, (_, strengths) in strength_maps.items()}, args.out / "strengths.json"
+        )
+        for label, (position, strengths) in strength_maps.items():
+            image = plot_strength_map(
+                strengths, args.out / f"strengths-{position}.png", title=f"learned strengths of {label}"
+            )
+            print(f"\nlearned correction strengths of {label}:\n{strength_table(strengths)}\nwrote {image}")
+        print(f"wrote {args.out / 'strengths.json'}")
 
 
 def _labels(models: Sequence[str], labels: Sequence[str] | None) -> list[str]:

@@ -405,10 +405,10 @@ def test_markdown_table(two_profiles):
     assert lines[2].startswith("| 0 (embeddings) |")
 
 
-def assert_png(path: Path) -> None:
+def assert_png(path: Path, min_bytes: int = 10_000) -> None:
     content = path.read_bytes()
     assert content[:8] == PNG_MAGIC
-    assert len(content) > 10_000
+    assert len(content) > min_bytes
 
 
 def test_profile_plot_writes_png(tmp_path, two_profiles):
@@ -576,7 +576,8 @@ def test_cli_bad_input_exits_with_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("trust_remote_code", [False, True])
 def test_cli_text_file_on_an_exported_checkpoint(tmp_path, trust_remote_code):
-    """Our Hub export, read with its own tokenizer from a text file, with or without --trust-remote-code."""
+    """Our Hub export, read with its own tokenizer from a text file, with or without --trust-remote-code; its learned
+    correction strengths come out as a map."""
     from transformers import AutoModel, BertTokenizer
 
     from hf_centered import CenteredBertConfig, CenteredBertForSequenceClassification, export_for_hub
@@ -585,11 +586,16 @@ def test_cli_text_file_on_an_exported_checkpoint(tmp_path, trust_remote_code):
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     config = CenteredBertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        correction=["centered", "contranorm"], fusion="gate",
+        correction=["centered", "contranorm"], fusion="gate", correction_strength="learned",
     )  # fmt: skip
     torch.manual_seed(0)
     tokenizer = BertTokenizer(vocab=vocab)
-    folder = export_for_hub(CenteredBertForSequenceClassification(config), tmp_path / "exported", tokenizer)
+    trained = CenteredBertForSequenceClassification(config)
+    with torch.no_grad():  # gates away from 0, as after training
+        for name, parameter in trained.named_parameters():
+            if "strength_gate" in name:
+                parameter.normal_(std=0.01)
+    folder = export_for_hub(trained, tmp_path / "exported", tokenizer)
     texts = ["good film", "the plot is slow", "fun actor fun film", "bad"]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n\n")
     out = tmp_path / "out"
@@ -599,6 +605,9 @@ def test_cli_text_file_on_an_exported_checkpoint(tmp_path, trust_remote_code):
     (profile,) = json.loads((out / "profile.json").read_text()).values()
     assert profile["num_sequences"] == 4 and profile["num_layers"] == 2
     model = AutoModel.from_pretrained(folder).eval()
+    label = "/".join(Path(folder).resolve().parts[-2:])
+    assert json.loads((out / "strengths.json").read_text()) == {label: trained.correction_strengths()}
+    assert_png(out / "strengths-1.png", min_bytes=2_000)
     assert_profile_matches_naive(
         Profile.from_dict(profile), model, dict(tokenizer(texts, padding=True, return_tensors="pt")), rel=1e-4
     )
