@@ -16,7 +16,9 @@ from transformers.dynamic_module_utils import get_relative_import_files
 
 from .auto import CONFIG_CLASSES, auto_class_name, full_auto_map
 from .corrections import CORRECTIONS
+from .diagnostics import oversmoothing_profile, plot_profiles
 from .fusion import FUSIONS
+from .strength_maps import has_learned_strengths, plot_strength_map, save_strengths, strength_table
 
 CARD_FIELDS = {
     "model_name": "title of the card (default: the folder name)",
@@ -31,8 +33,12 @@ CARD_FIELDS = {
     "tags": "extra tags",
     "profile": "a diagnostics.Profile of the model (its plot and table go into the card)",
     "profile_inputs": "batches to compute that profile from (what oversmoothing_profile takes), if no profile given",
+    "baseline_profile": "a diagnostics.Profile of the stock model trained the same way, drawn beside the model's own",
+    "baseline_metrics": "dict of the stock model's evaluation metrics under the same setup, name -> value",
 }
 PROFILE_IMAGE = "oversmoothing_profile.png"
+STRENGTHS_IMAGE = "correction_strengths.png"
+STRENGTHS_JSON = "correction_strengths.json"
 # Lists the files an export wrote: what push_to_hub uploads and what the next export with overwrite=True replaces.
 EXPORT_MANIFEST = "hf_centered_export.json"
 # What an export written before the manifest existed can hold, besides the modelling code its auto_map names.
@@ -51,6 +57,8 @@ UNRECORDED_EXPORT_PATTERNS = (
     "README.md",
     "oversmoothing_profile.json",
     PROFILE_IMAGE,
+    STRENGTHS_JSON,
+    STRENGTHS_IMAGE,
 )
 PIPELINE_TAGS = {
     "AutoModel": "feature-extraction",
@@ -84,7 +92,8 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
 
     Returns:
         The folder, holding `config.json` (with a complete `auto_map`), `model.safetensors`, the modelling `.py`
-        files, the processor's files, `README.md` and `EXPORT_MANIFEST`, the list of these files.
+        files, the processor's files, `README.md` and `EXPORT_MANIFEST`, the list of these files; with learned
+        correction strengths also their map (`STRENGTHS_JSON`, `STRENGTHS_IMAGE`, a table in the card).
     """
     model_type = getattr(model.config, "model_type", None)
     if model_type not in CONFIG_CLASSES:
@@ -104,9 +113,8 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
 
     profile = card_fields.pop("profile", None)
     profile_inputs = card_fields.pop("profile_inputs", None)
+    baseline_profile = card_fields.pop("baseline_profile", None)
     if profile is None and profile_inputs is not None:
-        from .diagnostics import oversmoothing_profile
-
         profile = oversmoothing_profile(model, profile_inputs, progress=False)
 
     model.config.auto_map = full_auto_map(model_type)
@@ -121,8 +129,20 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
             # The card's name, not a local path the profile may carry, labels what gets published.
             profile = dataclasses.replace(profile, model_name=card_fields.get("model_name") or out_dir.name)
             profile.save_json(staging / "oversmoothing_profile.json")
-            profile.plot(staging / PROFILE_IMAGE, title=f"over-smoothing profile of {profile.model_name}")
-        build_model_card(model, out_dir, profile=profile, **card_fields).save(staging / "README.md")
+            title = f"over-smoothing profile of {profile.model_name}"
+            if baseline_profile is None:
+                profile.plot(staging / PROFILE_IMAGE, title=title)
+            else:
+                plot_profiles([baseline_profile, profile], staging / PROFILE_IMAGE, labels=["stock", "this model"])
+        strengths = model.correction_strengths() if has_learned_strengths(model) else None
+        if strengths:
+            save_strengths(strengths, staging / STRENGTHS_JSON)
+            plot_strength_map(strengths, staging / STRENGTHS_IMAGE, title="learned correction strengths")
+        card = build_model_card(
+            model, out_dir, profile=profile, strengths=strengths, compared_with_stock=baseline_profile is not None,
+            **card_fields,
+        )  # fmt: skip
+        card.save(staging / "README.md")
         written = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
         for name in set(recorded_export_files(out_dir) or ()) - set(written):
             (out_dir / name).unlink(missing_ok=True)
@@ -181,8 +201,16 @@ def _correction_rows(config) -> list[dict[str, str]]:
     return rows
 
 
-def build_model_card(model, out_dir: Path, profile=None, **card_fields: Any) -> ModelCard:
-    """The model card of an exported folder, rendered from `model_cards/template.md`."""
+def build_model_card(
+    model,
+    out_dir: Path,
+    profile=None,
+    strengths: dict | None = None,
+    compared_with_stock: bool = False,
+    **card_fields: Any,
+) -> ModelCard:
+    """The model card of an exported folder, rendered from `model_cards/template.md`: `strengths` is the model's
+    learned strength map, `compared_with_stock` says that the profile plot draws the stock model's curves too."""
     config = model.config
     auto_class = auto_class_name(model)
     pipeline_tag = PIPELINE_TAGS[auto_class]
@@ -191,6 +219,7 @@ def build_model_card(model, out_dir: Path, profile=None, **card_fields: Any) -> 
     if base_model is not None and Path(base_model).exists():
         base_model = None  # a local path means nothing on the Hub
     metrics = card_fields.get("metrics") or {}
+    baseline_metrics = card_fields.get("baseline_metrics") or {}
     dataset = card_fields.get("dataset")
     tags = ["hf_centered", "custom_code", *(f"{name}-correction" for name in config.corrections)]
     if config.has_fusion:
@@ -234,12 +263,19 @@ def build_model_card(model, out_dir: Path, profile=None, **card_fields: Any) -> 
         corrections=_correction_rows(config),
         correction_layers="all" if config.correction_layers is None else json.dumps(config.correction_layers),
         fusion=config.fusion if config.has_fusion else None,
-        metrics={name: f"{float(value):.4f}" for name, value in metrics.items()},
+        metrics={
+            name: (f"{float(value):.4f}", f"{float(baseline_metrics[name]):.4f}" if name in baseline_metrics else "-")
+            for name, value in metrics.items()
+        },
+        has_baseline_metrics=bool(baseline_metrics),
         dataset=dataset,
         training_hyperparameters=card_fields.get("training_hyperparameters"),
         profile_table=profile.to_markdown_table() if profile is not None else None,
         profile_image=PROFILE_IMAGE if profile is not None else None,
         profile_sequences=profile.num_sequences if profile is not None else None,
+        compared_with_stock=compared_with_stock,
+        strength_table=strength_table(strengths) if strengths else None,
+        strength_image=STRENGTHS_IMAGE if strengths else None,
         citations="\n\n".join(citations) or "(stock architecture: cite the base model)",
     )
 

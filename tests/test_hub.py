@@ -62,17 +62,28 @@ def _load_in_fresh_process(tmp_path: Path, folder: Path, auto_class: str) -> dic
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _move_learned_gates(model: torch.nn.Module) -> None:
+    """Gates away from their initial 0, as after training."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "strength_gate" in name:
+                parameter.normal_(std=0.01)
+
+
+@pytest.mark.parametrize("strength", ["fixed", "learned"])
 @pytest.mark.parametrize(
     ("family", "auto_class"),
     [("bert", "AutoModelForSequenceClassification"), ("vit", "AutoModelForImageClassification")],
 )
-def test_export_reloads_without_the_package(tmp_path, family, auto_class):
+def test_export_reloads_without_the_package(tmp_path, family, auto_class, strength):
     if family == "bert":
-        config = bert_config(correction=["centered", "neutreno", "contranorm", "dgn"], fusion="gate")
+        fields = dict(correction=["centered", "neutreno", "contranorm", "dgn"], fusion="gate")
+        config = bert_config(**fields, correction_strength=strength)
         model, inputs = CenteredBertForSequenceClassification(config), bert_inputs()
     else:
-        config = vit_config(correction=["centered", "contranorm"], fusion="concat")
+        config = vit_config(correction=["centered", "contranorm"], fusion="concat", correction_strength=strength)
         model, inputs = CenteredViTForImageClassification(config), vit_inputs()
+    _move_learned_gates(model)
     model.train()
     model(**inputs)  # non-default DGN running statistics must travel too
     model.eval()
@@ -258,6 +269,39 @@ def test_model_card_carries_the_oversmoothing_profile(tmp_path):
     assert "## Over-smoothing profile" in text and "over 6 sequences" in text
     assert "![over-smoothing profile](oversmoothing_profile.png)" in text
     assert f"{profile['cosine_similarity'][-1]:.3f}" in text
+
+
+def test_model_card_shows_the_learned_strengths_and_the_stock_model(tmp_path):
+    model = CenteredBertForSequenceClassification(
+        bert_config(correction=["centered", "dgn"], correction_strength="learned")
+    )
+    _move_learned_gates(model)
+    stock = CenteredBertForSequenceClassification(bert_config(correction="none"))
+    from hf_centered.diagnostics import oversmoothing_profile
+
+    stock_profile = oversmoothing_profile(stock, [bert_inputs()], progress=False)
+    folder = export_for_hub(
+        model,
+        tmp_path / "learned",
+        metrics={"accuracy": 0.75, "f1_macro": 0.7},
+        baseline_metrics={"accuracy": 0.5, "f1_macro": 0.25},
+        profile_inputs=[bert_inputs()],
+        baseline_profile=stock_profile,
+    )
+    strengths = json.loads((folder / "correction_strengths.json").read_text())
+    assert strengths == model.correction_strengths()
+    assert (folder / "correction_strengths.png").read_bytes().startswith(b"\x89PNG")
+    text = ModelCard.load(folder / "README.md").text
+    assert "## Learned correction strengths" in text and "![learned correction strengths]" in text
+    assert "| place | `centered` | `dgn` |" in text
+    assert "| accuracy | 0.7500 | 0.5000 |" in text and "stock model, same setup" in text
+    assert "also draws the stock model" in text
+    assert {"correction_strengths.json", "correction_strengths.png"} <= set(
+        json.loads((folder / EXPORT_MANIFEST).read_text())["files"]
+    )
+    fixed = export_for_hub(CenteredBertForSequenceClassification(bert_config()), tmp_path / "fixed")
+    assert not (fixed / "correction_strengths.json").exists()
+    assert "Learned correction strengths" not in (fixed / "README.md").read_text()
 
 
 def test_model_card_takes_a_computed_profile(tmp_path):
