@@ -45,19 +45,21 @@ from transformers.trainer_utils import SaveStrategy
 from . import data as offline_data
 from .cli import CORRECTION_FIELD_TYPES
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig, CorrectionConfigMixin
-from .corrections import available_corrections
-from .diagnostics import oversmoothing_profile
-from .fusion import available_fusions
-from .hub import export_for_hub, push_to_hub
+from .corrections import NO_CORRECTION, available_corrections
+from .diagnostics import Profile, oversmoothing_profile
+from .fusion import NO_FUSION, available_fusions
+from .hub import EXPORT_MANIFEST, export_for_hub, push_to_hub
 from .metrics import compute_metrics
 from .modeling_centered_bert import CenteredBertForSequenceClassification
 from .modeling_centered_vit import CenteredViTForImageClassification
+from .strength_maps import has_learned_strengths, summarise_strengths
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_DATASETS = ("rotten_tomatoes", "bbc_news")
 IMAGE_DATASETS = ("digits",)
 BUILTIN_DATASETS = TEXT_DATASETS + IMAGE_DATASETS
 RUN_RECORD = "finetune_args.json"
+BASELINE_DIR = "stock-baseline"  # the stock model's run under the same setup, inside output_dir
 GATHERED_DIR = "gathered-weights"  # scratch folder of the full weights of a sharded (FSDP/DeepSpeed) run
 # Written into each checkpoint of a run once the Trainer has written all of it: the run's id and every file's size.
 CHECKPOINT_MARKER = "hf_centered_checkpoint.json"
@@ -73,12 +75,15 @@ RUN_RECORD_IGNORED = {
     "hub_token",
     "hub_private_repo",
     "keep_checkpoints",
+    "baseline",
 }
 DEFAULT_LORA_TARGETS = {"text": ["query", "value"], "image": ["q_proj", "v_proj"]}
 
 # `python finetune.py` without --config runs this; configs/default.yaml holds exactly the same mapping.
 EMBEDDED_DEFAULT: dict[str, Any] = {
     "correction": ["centered"],
+    # Starts as the pretrained model and learns each head's strength (docs/RESULTS.md, experiment 4).
+    "correction_strength": "learned",
     "dataset_name": "rotten_tomatoes",
     "max_train_samples": 4000,
     "max_eval_samples": 1000,
@@ -200,6 +205,14 @@ class OutputArguments:
         default=256,
         metadata={
             "help": "Evaluation sequences the model card's over-smoothing profile is computed on (0: no profile)."
+        },
+    )
+    baseline: bool = field(
+        default=True,
+        metadata={
+            "help": f"Also fine-tune the stock model (no correction, no fusion) under the identical setup, first, into "
+            f"output_dir/{BASELINE_DIR}, and print both results side by side; the card compares them. Only for a "
+            "corrected model; --no_baseline skips it."
         },
     )
 
@@ -358,7 +371,12 @@ def resume_target(training_args: TrainingArguments) -> str | None:
     resume = training_args.resume_from_checkpoint
     if resume is None or resume.lower() not in ("true", "last"):
         return resume
-    checkpoints = reversed(checkpoints_in(Path(training_args.output_dir)))
+    return latest_complete_checkpoint(Path(training_args.output_dir))
+
+
+def latest_complete_checkpoint(folder: Path) -> str | None:
+    """The newest `checkpoint-N` of `folder` that is complete, or None."""
+    checkpoints = reversed(checkpoints_in(folder))
     return next((str(checkpoint) for _, checkpoint in checkpoints if checkpoint_problem(checkpoint) is None), None)
 
 
@@ -838,9 +856,7 @@ def card_fields(args: FinetuneArguments, data: ClassificationData, source, metri
         model_id=args.training.hub_model_id,
         base_model=base_model_id(source),
         dataset=data.dataset_label,
-        metrics={
-            name.removeprefix("eval_"): value for name, value in (metrics or {}).items() if _is_quality_metric(name)
-        },
+        metrics=quality_metrics(metrics or {}),
         training_hyperparameters=training_hyperparameters(args, data),
     )
 
@@ -864,13 +880,16 @@ def save_trained_model(model, args: FinetuneArguments, processor, data: Classifi
         export_for_hub(model, model_dir, processor, overwrite=True, **card_fields(args, data, source))
 
 
-def complete_export(model, args: FinetuneArguments, processor, data: ClassificationData, source, metrics):
+def complete_export(
+    model, args: FinetuneArguments, processor, data: ClassificationData, source, metrics, baseline: RunResult | None
+) -> tuple[Path | None, Profile | None]:
     """The Hub-ready export once the evaluation has run: a LoRA run's merged model (none without --merge_lora), the
-    metrics and the over-smoothing profile in its card. Returns its folder (None when nothing is exported)."""
+    metrics and the over-smoothing profile in its card, beside the stock `baseline`'s when there is one. Returns its
+    folder (None when nothing is exported) and the profile."""
     output_dir, model_dir = Path(args.training.output_dir), trained_model_dir(args)
     if args.peft.use_lora:
         if not args.peft.merge_lora:
-            return None
+            return None, None
         with reported_after_training("merging the LoRA adapters", model_dir):
             model = model.merge_and_unload()
     profile = None
@@ -885,8 +904,10 @@ def complete_export(model, args: FinetuneArguments, processor, data: Classificat
             )
     with reported_after_training("the Hub export", model_dir):
         fields = card_fields(args, data, source, metrics)
+        if baseline is not None:
+            fields.update(baseline_metrics=quality_metrics(baseline.metrics), baseline_profile=baseline.profile)
         export_for_hub(model, output_dir, processor, overwrite=True, profile=profile, **fields)
-    return output_dir
+    return output_dir, profile
 
 
 @contextmanager
@@ -899,17 +920,104 @@ def reported_after_training(step: str, model_dir: Path) -> Iterator[None]:
         fail(f"{step} failed after training ({detail}); the trained model is saved in {model_dir}")
 
 
-def _is_quality_metric(name: str) -> bool:
-    return name.startswith("eval_") and name.removeprefix("eval_") in ("accuracy", "f1_macro")
+def quality_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The evaluation's quality metrics (accuracy, macro-F1) without the `eval_` prefix, for the card."""
+    return {
+        name.removeprefix("eval_"): value
+        for name, value in metrics.items()
+        if name.removeprefix("eval_") in ("accuracy", "f1_macro") and name.startswith("eval_")
+    }
+
+
+@dataclass
+class RunResult:
+    """What one fine-tuning run gives back: the evaluation metrics, the card's profile and the model's strengths."""
+
+    metrics: dict[str, float]
+    profile: Profile | None = None
+    strengths: dict[str, dict[str, list[float]]] | None = None
+
+
+def is_corrected(args: FinetuneArguments) -> bool:
+    return args.correction.correction != [NO_CORRECTION] or args.correction.fusion != NO_FUSION
+
+
+def baseline_arguments(args: FinetuneArguments) -> FinetuneArguments:
+    """The stock twin of a corrected run: the same model, data, seed and hyper-parameters, no correction and no
+    fusion, in output_dir/BASELINE_DIR, resumed from its newest complete checkpoint if it has one."""
+    output_dir = Path(args.training.output_dir) / BASELINE_DIR
+    training = copy.copy(args.training)
+    training.output_dir = str(output_dir)
+    training.push_to_hub = False
+    training.resume_from_checkpoint = "last" if latest_complete_checkpoint(output_dir) is not None else None
+    correction = copy.copy(args.correction)
+    correction.correction, correction.fusion = [NO_CORRECTION], NO_FUSION
+    correction.correction_strength = "fixed"
+    output = dataclasses.replace(args.output, baseline=False, model_name=f"{Path(args.training.output_dir).name} stock")
+    return dataclasses.replace(args, correction=correction, output=output, training=training)
+
+
+def finished_baseline(args: FinetuneArguments) -> RunResult | None:
+    """An earlier run's stock baseline with exactly these arguments, finished (evaluated and exported), or None."""
+    output_dir = Path(args.training.output_dir)
+    record, results = output_dir / RUN_RECORD, output_dir / "eval_results.json"
+    if not (record.is_file() and results.is_file() and (output_dir / EXPORT_MANIFEST).is_file()):
+        return None
+    try:
+        if json.loads(record.read_text()) != run_record(args):
+            return None
+        metrics = json.loads(results.read_text())
+        profile_path = output_dir / "oversmoothing_profile.json"
+        profile = Profile.load_json(profile_path) if profile_path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return RunResult(metrics=metrics, profile=profile)
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict[str, float]:
     """Fine-tunes as configured by `argv` (default `sys.argv[1:]`) and returns the evaluation metrics.
 
+    A corrected model is compared with the stock model trained the same way (unless --no_baseline): that run comes
+    first, into output_dir/BASELINE_DIR, and is reused when a finished one with the same arguments is there.
     `callbacks` are extra `TrainerCallback`s (the tests use one to interrupt a run).
     """
     args = parse_arguments(argv)
     check_output_dir(args)
+    baseline = None
+    if args.output.baseline and is_corrected(args):
+        stock_args = baseline_arguments(args)
+        check_output_dir(stock_args)
+        baseline = finished_baseline(stock_args) or finetune(stock_args, callbacks)
+    result = finetune(args, callbacks, baseline)
+    if args.training.process_index == 0:
+        report(args, result, baseline)
+    return result.metrics
+
+
+def report(args: FinetuneArguments, result: RunResult, baseline: RunResult | None) -> None:
+    """Prints the evaluation beside the stock baseline's, and the learned strengths."""
+    if baseline is not None:
+        correction = "+".join(args.correction.correction)
+        if args.correction.fusion != NO_FUSION:
+            correction += f" with {args.correction.fusion} fusion"
+        if args.correction.correction_strength == "learned":
+            correction += " (learned strengths)"
+        rows = [("stock, same setup", baseline.metrics), (correction, result.metrics)]
+        width = max(len(name) for name, _ in rows)
+        print(f"{'model':<{width}}  accuracy  macro-F1")
+        for name, metrics in rows:
+            print(f"{name:<{width}}  {metrics['eval_accuracy']:>8.4f}  {metrics['eval_f1_macro']:>8.4f}")
+    if result.strengths:
+        print("learned correction strengths, mean over the heads of each layer:")
+        for line in summarise_strengths(result.strengths):
+            print(f"  {line}")
+
+
+def finetune(
+    args: FinetuneArguments, callbacks: list[TrainerCallback] | None = None, baseline: RunResult | None = None
+) -> RunResult | None:
+    """One run: data, model, Trainer, the trained model saved, evaluation, export (beside `baseline` in the card),
+    push. Returns its result (only the metrics on processes other than the main one)."""
     training_args = args.training
     config, modality, source = resolve_base_config(args)
     processor = load_processor(args, config, modality, source)
@@ -951,22 +1059,18 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         trainer.save_metrics("eval", metrics)
         trainer.save_state()
     if not trainer.is_world_process_zero():
-        return metrics
-    exported = complete_export(trained_model, args, processor, data, source, metrics)
+        return RunResult(metrics=metrics)
+    exported, profile = complete_export(trained_model, args, processor, data, source, metrics, baseline)
     if not args.output.keep_checkpoints:
         remove_run_checkpoints(Path(training_args.output_dir), run_id)
     print(
         f"eval accuracy {metrics['eval_accuracy']:.4f}, macro-F1 {metrics['eval_f1_macro']:.4f} "
         f"({len(data.evaluation)} examples); saved to {exported or model_dir}"
     )
-    if args.correction.correction != ["none"] or args.correction.fusion != "none":
-        print(
-            "stock-model baseline under the same setup: rerun with `--correction none --fusion none` and another "
-            "--output_dir (configs/text-none.yaml is the embedded default's baseline)"
-        )
     if training_args.push_to_hub:
         repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
         with reported_after_training("the upload to the Hub", model_dir):
             push_to_hub(exported, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo)
         print(f"pushed {exported} to {repo_id}")
-    return metrics
+    strengths = trained_model.correction_strengths() if has_learned_strengths(trained_model) else None
+    return RunResult(metrics=metrics, profile=profile, strengths=strengths)

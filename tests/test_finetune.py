@@ -99,6 +99,7 @@ def text_argv(assets, output_dir: Path, *extra: str) -> list[str]:
         "--logging_steps", "1",
         "--save_strategy", "no",
         "--seed", "0",
+        "--no_baseline",
         *extra,
     ]  # fmt: skip
 
@@ -157,20 +158,54 @@ def test_builtin_rotten_tomatoes_split_by_movie(assets, tmp_path, capsys):
     again_train, _ = split_indices(labels, 0.2, seed=3, groups=movies)
     assert list(train_idx) == list(again_train)
 
+
+def test_the_embedded_default_compares_with_the_stock_model(assets, tmp_path, capsys, monkeypatch):
+    """The default recipe (learned centered attention) on a tiny slice: the stock model is fine-tuned first under the
+    same setup, both results are printed side by side with the learned strengths, the card compares them, and a
+    rerun reuses the finished baseline instead of training it again."""
     output_dir = tmp_path / "rt"
-    argv = ["--model_name_or_path", str(assets.model), "--dataset_name", "rotten_tomatoes", "--max_steps", "2"]
+    argv = ["--model_name_or_path", str(assets.model), "--max_steps", "2", "--learning_rate", "1e-2"]
     argv += ["--max_train_samples", "16", "--max_eval_samples", "8", "--output_dir", str(output_dir)]
-    main(argv)
-    assert "(8 examples)" in capsys.readouterr().out
+    argv += ["--profile_sequences", "8"]
+    metrics = main(argv)
+    out = capsys.readouterr().out
+    assert "(8 examples)" in out
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "rotten", "1": "fresh"} and config["correction"] == "centered"
+    assert config["correction_strength"] == "learned"
+
+    baseline_dir = output_dir / finetuning.BASELINE_DIR
+    baseline_config = json.loads((baseline_dir / "config.json").read_text())
+    assert baseline_config["correction"] == "none" and baseline_config["correction_strength"] == "fixed"
+    baseline_metrics = json.loads((baseline_dir / "eval_results.json").read_text())
+    stock_row = next(line for line in out.splitlines() if line.startswith("stock, same setup"))
+    corrected_row = next(line for line in out.splitlines() if line.startswith("centered (learned strengths)"))
+    assert (
+        f"{baseline_metrics['eval_accuracy']:.4f}" in stock_row and f"{metrics['eval_accuracy']:.4f}" in corrected_row
+    )
+    assert "learned correction strengths" in out and "centered: layer 0 " in out
+    card = (output_dir / "README.md").read_text()
+    assert "stock model, same setup" in card and "## Learned correction strengths" in card
+    assert (output_dir / "correction_strengths.png").is_file()
+    assert finetuning.BASELINE_DIR not in json.loads((output_dir / finetuning.EXPORT_MANIFEST).read_text())["files"]
+
+    original_train, trained = Trainer.train, []
+
+    def recording_train(self, *args, **kwargs):
+        trained.append(Path(self.args.output_dir).name)
+        return original_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", recording_train)
+    assert main(argv)["eval_accuracy"] == metrics["eval_accuracy"]
+    assert trained == ["rt"]  # the stock baseline of the same arguments was finished: only the corrected run trains
+    assert stock_row in capsys.readouterr().out
 
 
 def test_digits_vit_from_scratch(tmp_path):
     output_dir = tmp_path / "vit"
     argv = ["--dataset_name", "digits", "--architecture", json.dumps(TINY_VIT), "--correction", "dgn"]
     argv += ["--max_steps", "3", "--per_device_train_batch_size", "8", "--max_eval_samples", "40"]
-    argv += ["--output_dir", str(output_dir), "--learning_rate", "1e-3"]
+    argv += ["--output_dir", str(output_dir), "--learning_rate", "1e-3", "--no_baseline"]
     args = parse_arguments(argv)
     config, modality, source = finetuning.resolve_base_config(args)
     data = finetuning.load_classification_data(args, config, modality, None)
@@ -249,7 +284,7 @@ def test_lora_adapter_and_merged_export(assets, tmp_path):
 
     merged = CenteredBertForSequenceClassification.from_pretrained(output_dir).eval()
     base = CenteredBertForSequenceClassification.from_pretrained(
-        assets.model, correction=["centered", "dgn"], fusion="gate", num_labels=2
+        assets.model, correction=["centered", "dgn"], fusion="gate", correction_strength="learned", num_labels=2
     )
     adapted = PeftModel.from_pretrained(base, output_dir / "adapter").eval()
     inputs = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
