@@ -1,10 +1,10 @@
 """hf_centered: anti-over-smoothing corrections for Hugging Face BERT and ViT, registered with the Auto classes.
 
-Importing the package registers `centered_bert` and `centered_vit` with `AutoConfig` and the `AutoModel*` classes
-(no network access).
+Importing the package registers `centered_bert` and `centered_vit` with `AutoConfig` and the `AutoModel*` classes,
+and with PEFT's default target modules (no network access).
 """
 
-from .auto import AUTO_CLASSES, register_auto_classes
+from .auto import AUTO_CLASSES, peft_modules_to_save, register_auto_classes, register_peft_target_modules
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig
 from .corrections import available_corrections
 from .fusion import available_fusions
@@ -21,6 +21,7 @@ from .modeling_centered_vit import CenteredViTForImageClassification, CenteredVi
 __version__ = "0.1.0"
 
 register_auto_classes()
+register_peft_target_modules()
 
 __all__ = [
     "AUTO_CLASSES",
@@ -37,5 +38,6 @@ __all__ = [
     "available_corrections",
     "available_fusions",
     "export_for_hub",
+    "peft_modules_to_save",
     "push_to_hub",
 ]

@@ -1,7 +1,9 @@
-"""Registration of the configurations and models with the Auto classes, and the `auto_map` of exported folders."""
+"""Registration of the configurations and models with the Auto classes and PEFT, and the `auto_map` of exported
+folders."""
 
 from __future__ import annotations
 
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -12,6 +14,8 @@ from transformers import (
 )
 
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig
+from .correction_base import Correction
+from .fusion import LayerFusion
 from .modeling_centered_bert import (
     CenteredBertForMaskedLM,
     CenteredBertForSequenceClassification,
@@ -43,6 +47,51 @@ def register_auto_classes() -> None:
         for auto_class, model_class in models.items():
             auto_class.register(config_class, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_class.__name__)
+
+
+# PEFT 0.21 has no default targets for the 5.x ViT (its few "vit" entries name the pre-5.x `query`/`value`): a
+# ViT's default targets are BERT's under their ViT names. BERT's `output.dense` suffix matches both the attention's
+# and the feed-forward's output projection.
+BERT_TO_VIT_MODULE_NAMES = {
+    "query": ["q_proj"],
+    "key": ["k_proj"],
+    "value": ["v_proj"],
+    "output.dense": ["o_proj", "fc2"],
+}
+
+
+def register_peft_target_modules() -> None:
+    """Gives `centered_bert` and `centered_vit` every PEFT default target-module mapping that `bert` has, so that
+    LoRA, IA3 and the other tuners work without `target_modules`; idempotent, and a no-op without PEFT.
+
+    PEFT keys its defaults by `model_type` in module-level dicts, which its tuners read when an adapter is created.
+    """
+    try:
+        from peft.utils import constants
+    except ImportError:
+        return
+    for name, mapping in vars(constants).items():
+        if not (name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(mapping, dict) and "bert" in mapping):
+            continue
+        bert_targets = mapping["bert"]
+        mapping.setdefault(CenteredBertConfig.model_type, bert_targets)
+        if isinstance(bert_targets, list) and all(target in BERT_TO_VIT_MODULE_NAMES for target in bert_targets):
+            vit_targets = [vit_name for target in bert_targets for vit_name in BERT_TO_VIT_MODULE_NAMES[target]]
+            mapping.setdefault(CenteredViTConfig.model_type, vit_targets)
+
+
+def peft_modules_to_save(model: nn.Module) -> list[str]:
+    """Names for a PEFT config's `modules_to_save` (PEFT matches them as suffixes of module names) that cover every
+    hf_centered module with state of its own: DGN (its parameters and running statistics), the fusions and every
+    module holding a learned `strength_gate`. An adapter then trains them and saves them with itself, so that the
+    reloaded adapter reproduces the trained model."""
+    return sorted(
+        {
+            path.rsplit(".", 1)[-1]
+            for path, module in model.named_modules()
+            if isinstance(module, (Correction, LayerFusion)) and any(module.state_dict(keep_vars=True))
+        }
+    )
 
 
 def _reference(cls: type) -> str:

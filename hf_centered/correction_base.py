@@ -10,7 +10,9 @@ from torch import nn
 from transformers import initialization as init
 
 ATTENTION_SITE = "attention"
-"""Per head, on the attention backend's output `(B, n, H, d_h)` before the heads are merged (BERT B1, ViT V2)."""
+"""Per head, on the attention backend's output `(B, n, H, d_h)` before the heads are merged (BERT B1, ViT V2). The
+site also sees the values of every key, `(B, H, k, d_h)`: k = n, except under prefix tuning (PEFT), whose k − n
+virtual keys come first, followed by the n tokens."""
 BEFORE_NORM_SITE = "before_norm"
 """On the tokens `(B, n, d)` that enter a LayerNorm (BERT B2: the post-attention LN; ViT V1, V4, V5: every norm)."""
 LAYER_OUTPUT_SITE = "layer_output"
@@ -29,19 +31,30 @@ class CorrectionState:
     Being immutable, it is safe under gradient checkpointing: a recomputed layer sees exactly what it saw first.
 
     Args:
-        padding_mask: `(B, n)` bool, True at real tokens; `None` when no token is padding.
+        padding_mask: `(B, n)` bool, True at real tokens; `None` when no token is padding. Prefix tuning's virtual
+            keys are not tokens (they have no hidden state), so the corrections of the token sites see none of them.
         first_values: `(B, H, n, d_h)` values of layer 0's attention (NeuTRENO's V⁰); `None` when unused.
+        key_padding_mask: `(B, k)` bool, True at the keys a query may attend to: prefix tuning's virtual keys, then
+            the tokens; `None` when every key may be attended to, or when the keys are the tokens (then
+            `padding_mask` says which).
     """
 
     padding_mask: torch.Tensor | None = None
     first_values: torch.Tensor | None = None
+    key_padding_mask: torch.Tensor | None = None
+
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        """`(B, k)` bool mask of the keys a query may attend to, or `None` when it may attend to all of them."""
+        return self.padding_mask if self.key_padding_mask is None else self.key_padding_mask
 
 
 class Correction(nn.Module):
     """Base class of the corrections. A subclass acts at one `site` and is registered in `corrections.CORRECTIONS`.
 
     Its `forward` takes the site's tensor and the `CorrectionState` and returns a tensor of the same shape:
-    - `ATTENTION_SITE`: `forward(context (B, n, H, d_h), value (B, H, n, d_h), state)`;
+    - `ATTENTION_SITE`: `forward(context (B, n, H, d_h), value (B, H, k, d_h), state)`, `value` holding the values
+      of every key (the last n are the tokens', see `ATTENTION_SITE`);
     - `BEFORE_NORM_SITE` and `LAYER_OUTPUT_SITE`: `forward(hidden (B, n, d), state)`.
 
     Its strength is read through `strength()`: the configured value (`strength_field`) as a float, or with

@@ -10,8 +10,11 @@ over the real keys makes each row of the operator sum to 0, so that direction is
     \bar v = \frac{1}{n_r}\sum_j m_j v_j
 
 per head, where :math:`m` is the padding mask and :math:`n_r` the number of real tokens (ViT: all tokens, [CLS]
-included). Only :math:`AV` is needed, so the correction runs on top of whatever backend computed it (eager, SDPA,
-flash) and costs O(n·d) per layer; the attention matrix is never materialised.
+included). Under prefix tuning (PEFT) the attention also runs over virtual keys that precede the tokens; they count
+as real keys here: :math:`\bar v` is the mean of the values over every key a query may attend to, so that :math:`C`
+is the uniform attention over the same keys as :math:`A`, i.e. the paper's layer on the extended key set (a virtual
+key is a key like any other to :math:`A`). Only :math:`AV` is needed, so the correction runs on top of whatever
+backend computed it (eager, SDPA, flash) and costs O(n·d) per layer; the attention matrix is never materialised.
 
 Arguments ↔ symbols: `config.centered_scale` = γ (1.0 = the paper's centering; 0 = stock attention); with
 `config.correction_strength="learned"`, γ_h = γ·g_h per head h, the gates g_h starting at 0.
@@ -44,11 +47,11 @@ class CenteredAttention(Correction):
     saved_activations = 0
 
     def value_shift(self, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
-        """γ_h·v̄ per head, `(B, H, 1, d_h)`."""
-        if state.padding_mask is None:
+        """γ_h·v̄ per head, `(B, H, 1, d_h)`, v̄ over the keys a query may attend to (virtual keys included)."""
+        if state.key_mask is None:
             value_mean = value.mean(dim=2, keepdim=True)
         else:
-            weights = state.padding_mask.to(value.dtype)
+            weights = state.key_mask.to(value.dtype)
             weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
             value_mean = weights[:, None, None, :] @ value
         return self.head_strength() * value_mean

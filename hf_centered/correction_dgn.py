@@ -18,7 +18,10 @@ of the reference code is never built: the cost is O(N·d·G) in matmuls and the 
 Placement (a transformer adaptation; the paper is about GNNs): after every corrected layer's output, i.e. after the
 post-FFN LayerNorm in BERT and after the MLP residual in ViT, so `hidden_states` records the corrected output.
 Batch statistics couple the sequences of a batch in training. Under gradient checkpointing the running statistics
-are updated by the first forward only, not again by the recomputation during backward.
+are updated by the first forward only, not again by the recomputation during backward. A frozen DGN (none of its
+parameters requires a gradient, e.g. under a PEFT adapter that does not train it) still normalises with the batch
+statistics in training, but leaves its running statistics alone: they are the state of the frozen model, which an
+adapter neither trains nor saves.
 
 Arguments ↔ symbols: `config.dgn_groups` = G, `config.dgn_lambda` = λ (0 = identity; reference 0.005, PyG 0.01;
 with `config.correction_strength="learned"`, λ·g with one gate g per layer, starting at 0, folded into
@@ -77,6 +80,10 @@ class DifferentiableGroupNorm(Correction):
         init.zeros_(self.running_mean)
         init.ones_(self.running_var)
 
+    def is_trained(self) -> bool:
+        """Whether some parameter requires a gradient (only then do the running statistics follow the batches)."""
+        return any(parameter.requires_grad for parameter in self.parameters())
+
     def forward(self, hidden: torch.Tensor, state: CorrectionState) -> torch.Tensor:
         dtype = torch.promote_types(hidden.dtype, torch.float32)  # batch statistics in at least float32
         tokens = hidden.to(dtype)
@@ -91,7 +98,7 @@ class DifferentiableGroupNorm(Correction):
             mean = torch.einsum("bng,bnd->gd", real, tokens) / count
             mean_square = torch.einsum("bng,bnd->gd", real * assignment, tokens * tokens) / count
             var = (mean_square - mean * mean).clamp_min(0)
-            if not _inside_backward():
+            if self.is_trained() and not _inside_backward():
                 with torch.no_grad():
                     unbiased = var * (count / (count - 1).clamp_min(1))
                     momentum = float(self.config.dgn_momentum)

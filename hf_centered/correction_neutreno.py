@@ -11,7 +11,9 @@ gives, for every layer :math:`\ell \ge 1` and head :math:`h`:
 before the heads are merged and projected by :math:`W_O`. :math:`V^0` is the per-head value tensor of layer 0,
 computed from layer 0's attention input (BERT: the embedding output; ViT: its first LayerNorm's output), not
 detached, so every layer's gradient reaches layer 0's value projection. Layer 0 itself is not corrected (the term
-is 0 there). The term is token-wise, so padding needs no special care, and any attention backend works.
+is 0 there). The term is token-wise, so padding needs no special care, and any attention backend works. Under prefix
+tuning (PEFT) :math:`V^\ell` are the tokens' own values: the virtual keys' values enter through :math:`A` only,
+having no counterpart in :math:`V^0`.
 
 Arguments ↔ symbols: `config.neutreno_lambda` = λ (0.6 in the DeiT and Segmenter reference code, 0.4 for the
 WikiText-103 language model; 0 = stock attention). λ is shared by all layers and heads; with
@@ -57,7 +59,8 @@ class NeuTRENO(Correction):
         strength = self.head_strength()
         if isinstance(strength, torch.Tensor):
             strength = strength.squeeze(-1)  # (H, 1) against the (B, n, H, d_h) layout
-        return _with_fidelity(context, _first_values(state).transpose(1, 2), value.transpose(1, 2), strength)
+        token_values = _token_values(value, context).transpose(1, 2)
+        return _with_fidelity(context, _first_values(state).transpose(1, 2), token_values, strength)
 
     def project(
         self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState, projection: nn.Linear
@@ -68,11 +71,16 @@ class NeuTRENO(Correction):
         return _ProjectedFidelity.apply(
             _merge_heads(context),
             _merge_heads(_first_values(state).transpose(1, 2)),
-            _merge_heads(value.transpose(1, 2)),
+            _merge_heads(_token_values(value, context).transpose(1, 2)),
             strength,
             projection.weight,
             projection.bias,
         )
+
+
+def _token_values(value: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """The tokens' own values `(B, H, n, d_h)` among every key's `(B, H, k, d_h)`: the last n (see ATTENTION_SITE)."""
+    return value[:, :, -context.shape[1] :]
 
 
 def _first_values(state: CorrectionState) -> torch.Tensor:

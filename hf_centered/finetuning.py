@@ -43,6 +43,7 @@ from transformers import (
 from transformers.trainer_utils import SaveStrategy
 
 from . import data as offline_data
+from .auto import peft_modules_to_save
 from .cli import CORRECTION_FIELD_TYPES
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig, CorrectionConfigMixin
 from .corrections import NO_CORRECTION, available_corrections
@@ -769,13 +770,11 @@ def build_model(config, source: str | None, modality: str):
 
 
 def apply_lora(model, peft_args: PeftArguments, modality: str):
-    """Wraps the model with LoRA; corrections with parameters (DGN), the fusion and the head train fully."""
+    """Wraps the model with LoRA; the head and every correction module with state of its own (DGN, the fusion, the
+    learned strength gates) train fully and are saved with the adapter."""
     from peft import LoraConfig, get_peft_model
 
-    module_names = [name for name, _ in model.named_modules()]
-    modules_to_save = [
-        suffix for suffix in ("dgn", "fusion") if any(name.endswith(f".{suffix}") for name in module_names)
-    ]
+    modules_to_save = peft_modules_to_save(model)
     if modality == "image":  # PEFT adds the head itself only for task_type="SEQ_CLS"
         modules_to_save.append("classifier")
     lora_config = LoraConfig(

@@ -17,6 +17,7 @@ from transformers import (
     BertModel,
     BertPreTrainedModel,
 )
+from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.bert.modeling_bert import (
     BertAttention,
@@ -35,6 +36,7 @@ from .modeling_common import (
     CorrectionStrengthsMixin,
     apply_corrections,
     corrected_attention,
+    key_padding_mask_from_attention_mask,
     last_output,
     padding_mask_from_attention_mask,
     run_layers,
@@ -55,13 +57,17 @@ class CenteredBertSelfAttention(BertSelfAttention):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values=None,  # always None: the corrected models are encoders (the config rejects is_decoder)
+        past_key_values: Cache | None = None,
         correction_state: CorrectionState | None = None,
         output_projection: nn.Linear | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns the merged context `(B, n, d)`, or `output_projection` applied to it (which a correction may then
-        compute itself, see `Correction.project`), and the backend's attention weights."""
+        compute itself, see `Correction.project`), and the backend's attention weights.
+
+        `past_key_values` holds keys and values that precede the tokens' (prefix tuning's virtual ones: the corrected
+        models are encoders, the config rejects `is_decoder`); as in stock BERT, this layer's are appended to it.
+        """
         state = correction_state or CorrectionState()
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.attention_head_size)
@@ -72,6 +78,10 @@ class CenteredBertSelfAttention(BertSelfAttention):
             value = state.first_values
         else:
             value = self.project_values(hidden_states)
+        if past_key_values is not None:
+            if isinstance(past_key_values, EncoderDecoderCache):
+                past_key_values = past_key_values.self_attention_cache
+            key, value = past_key_values.update(key, value, self.layer_idx)
         context, weights = corrected_attention(
             self,
             query,
@@ -148,10 +158,11 @@ class CenteredBertLayer(BertLayer):
         attention_mask: torch.Tensor | None = None,
         first_values: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         # `first_values` comes positionally so that reentrant gradient checkpointing propagates its gradient.
-        state = CorrectionState(padding_mask=padding_mask, first_values=first_values)
+        state = CorrectionState(padding_mask=padding_mask, first_values=first_values, key_padding_mask=key_padding_mask)
         layer_output = super().forward(hidden_states, attention_mask, correction_state=state, **kwargs)
         return apply_corrections(self.corrections, layer_output, state)
 
@@ -171,8 +182,11 @@ class CenteredBertEncoder(BertEncoder):
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
         padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
+        key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, hidden_states.shape[0])
         first_values = self.layer[0].attention.self.project_values(hidden_states) if self.needs_first_values else None
-        layer_outputs = run_layers(self.layer, hidden_states, attention_mask, first_values, padding_mask, **kwargs)
+        layer_outputs = run_layers(
+            self.layer, hidden_states, attention_mask, first_values, padding_mask, key_padding_mask, **kwargs
+        )
         hidden_states = self.fusion(layer_outputs) if self.fusion is not None else last_output(layer_outputs)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 

@@ -29,6 +29,7 @@ from .modeling_common import (
     CorrectionStrengthsMixin,
     apply_corrections,
     corrected_attention,
+    key_padding_mask_from_attention_mask,
     last_output,
     padding_mask_from_attention_mask,
     run_layers,
@@ -102,10 +103,11 @@ class CenteredViTLayer(ViTLayer):
         attention_mask: torch.Tensor | None = None,
         first_values: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         # `first_values` comes positionally so that reentrant gradient checkpointing propagates its gradient.
-        state = CorrectionState(padding_mask=padding_mask, first_values=first_values)
+        state = CorrectionState(padding_mask=padding_mask, first_values=first_values, key_padding_mask=key_padding_mask)
         attention_output, _ = self.attention(
             self.attention_input(hidden_states, state), attention_mask, correction_state=state, **kwargs
         )
@@ -162,12 +164,15 @@ class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
             config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
         )
         padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
-        state = CorrectionState(padding_mask=padding_mask)
+        key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, hidden_states.shape[0])
+        state = CorrectionState(padding_mask=padding_mask, key_padding_mask=key_padding_mask)
         first_values = None
         if self.needs_first_values:
             first_layer = self.layers[0]
             first_values = first_layer.attention.project_values(first_layer.attention_input(hidden_states, state))
-        layer_outputs = run_layers(self.layers, hidden_states, attention_mask, first_values, padding_mask, **kwargs)
+        layer_outputs = run_layers(
+            self.layers, hidden_states, attention_mask, first_values, padding_mask, key_padding_mask, **kwargs
+        )
         if self.fusion is not None:
             sequence_output = self.fusion(self.final_norm(output, state) for output in layer_outputs)
         else:

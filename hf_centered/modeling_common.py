@@ -20,14 +20,27 @@ def apply_corrections(corrections: nn.ModuleDict, tensor: torch.Tensor, *inputs)
 
 
 def run_layers(
-    layers: nn.ModuleList, hidden_states: torch.Tensor, attention_mask, first_values, padding_mask, **kwargs
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    attention_mask,
+    first_values,
+    padding_mask,
+    key_padding_mask,
+    **kwargs,
 ) -> Iterator[torch.Tensor]:
     """Yields each encoder layer's output only when it is asked for, so that a fusion consumes them one at a time.
 
     `first_values` goes positionally so that reentrant gradient checkpointing propagates its gradient.
     """
     for layer in layers:
-        hidden_states = layer(hidden_states, attention_mask, first_values, padding_mask=padding_mask, **kwargs)
+        hidden_states = layer(
+            hidden_states,
+            attention_mask,
+            first_values,
+            padding_mask=padding_mask,
+            key_padding_mask=key_padding_mask,
+            **kwargs,
+        )
         yield hidden_states
 
 
@@ -89,7 +102,8 @@ def corrected_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Runs the backend that `config._attn_implementation` names, then the module's attention-site corrections.
 
-    `query/key/value` are `(B, H, n, d_h)`; returns the context `(B, n, H, d_h)`, or with `output_projection` the
+    `query` is `(B, H, n, d_h)`, `key/value` are `(B, H, k, d_h)` (k > n under prefix tuning, whose virtual keys come
+    first); returns the context `(B, n, H, d_h)`, or with `output_projection` the
     projected attention output `(B, n, d)`, and the backend's weights (None for fused backends). The corrections only
     need the context and V, so SDPA and flash keep working. Without attention dropout, the leading corrections that
     have a `value_shift` are folded into V instead (see `Correction.value_shift`); the last one computes the
@@ -124,10 +138,19 @@ def corrected_attention(
 
 
 def padding_mask_from_attention_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
-    """`(B, n)` bool real-token mask from the mask the attention backend was given, or None (no padding).
+    """`(B, n)` bool real-token mask from the mask the attention backend was given, or None (no padding): the mask of
+    the last n keys, since prefix tuning's virtual keys come first."""
+    key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, batch_size)
+    return None if key_padding_mask is None else key_padding_mask[:, -seq_len:]
+
+
+def key_padding_mask_from_attention_mask(attention_mask, batch_size: int) -> torch.Tensor | None:
+    """`(B, k)` bool mask of the keys a query may attend to, from the mask the attention backend was given, or None
+    (every key may be attended to).
 
     Handles the 2-D mask of flash attention, the boolean 4-D mask of SDPA and the additive 4-D mask of eager; a key
-    is real when some query may attend to it, which for an encoder's padding mask is exactly its mask value.
+    is real when some query may attend to it, which for an encoder's padding mask is exactly its mask value. The keys
+    are the n tokens, preceded under prefix tuning by its virtual keys.
     """
     if attention_mask is None:
         return None
@@ -145,4 +168,4 @@ def padding_mask_from_attention_mask(attention_mask, batch_size: int, seq_len: i
         allowed = attention_mask
     else:
         allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-    return allowed.any(dim=(1, 2)).expand(batch_size, seq_len)
+    return allowed.any(dim=(1, 2)).expand(batch_size, -1)

@@ -293,6 +293,40 @@ def test_lora_adapter_and_merged_export(assets, tmp_path):
     assert (output_dir / "README.md").is_file() and (output_dir / "tokenizer.json").is_file()
 
 
+class KeepTrainedModel(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+def test_lora_adapter_carries_learned_gates_and_dgn_statistics(assets, tmp_path):
+    """Every module whose state the training changed travels with the adapter: the learned gates train and are saved,
+    and DGN with its running statistics, so that the reloaded adapter is the trained model exactly."""
+    from peft import PeftModel
+
+    output_dir, keep = tmp_path / "lora-learned", KeepTrainedModel()
+    extra = ["--use_lora", "--correction", "centered", "dgn", "--correction_strength", "learned"]
+    main([*text_argv(assets, output_dir, *extra), "--learning_rate", "5e-3"], callbacks=[keep])
+    trained = keep.model.eval()
+
+    saved = load_file(output_dir / "adapter" / "adapter_model.safetensors")
+    gates = {name: value for name, value in saved.items() if "strength_gate" in name}
+    assert len(gates) == 4  # centered and DGN in each of the 2 layers
+    assert all((gate != 0).all() for gate in gates.values())
+    assert any("dgn" in name and "running_mean" in name for name in saved)
+
+    base = CenteredBertForSequenceClassification.from_pretrained(
+        assets.model, correction=["centered", "dgn"], correction_strength="learned", num_labels=2
+    )
+    reloaded = PeftModel.from_pretrained(base, output_dir / "adapter").eval()
+    inputs = {"input_ids": torch.tensor([[2, 5, 6, 7, 3], [2, 8, 9, 3, 0]]), "attention_mask": torch.ones(2, 5).long()}
+    inputs["attention_mask"][1, -1] = 0
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, trained(**inputs).logits)
+    strengths = reloaded.correction_strengths()
+    assert strengths == trained.correction_strengths() and set(strengths) == {"centered", "dgn"}
+    assert all(value != 0 for places in strengths.values() for values in places.values() for value in values)
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_sharded_runs_export_the_gathered_weights(assets, tmp_path, monkeypatch, lora):
     """FSDP/DeepSpeed need GPUs; their export path (save_model on every rank, reload on rank 0) runs here in one

@@ -1,0 +1,158 @@
+"""Real clients: PEFT (default targets, prefix tuning, frozen DGN)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CORRECTIONS, bert_config, bert_inputs, pad_more, vit_config, vit_inputs
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DynamicCache,
+    ViTConfig,
+)
+
+from hf_centered import (
+    CenteredBertConfig,
+    CenteredBertForSequenceClassification,
+    CenteredBertModel,
+    CenteredViTForImageClassification,
+)
+
+METHODS = [["none"], *([name] for name in CORRECTIONS), CORRECTIONS]
+
+
+def _stock_config(config):
+    stock_class = BertConfig if isinstance(config, CenteredBertConfig) else ViTConfig
+    fields = {k: v for k, v in config.to_dict().items() if k in stock_class().to_dict() and k != "model_type"}
+    return stock_class(**fields)
+
+
+def _adapted_module_names(model: torch.nn.Module) -> set[str]:
+    return {name.split(".", 2)[-1] for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_peft_default_targets_are_stock_berts(method):
+    """Without `target_modules`, PEFT adapts the modules it adapts in a stock BERT, and the adapter starts as the
+    identity."""
+    config, inputs = bert_config(), bert_inputs()
+    model = CenteredBertForSequenceClassification(config).eval()
+    stock = BertForSequenceClassification(_stock_config(config))
+    peft_class = LoraConfig if method == "lora" else IA3Config
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    adapted = get_peft_model(model, peft_class(task_type="SEQ_CLS"))
+    stock_adapted = get_peft_model(stock, peft_class(task_type="SEQ_CLS"))
+    assert _adapted_module_names(adapted) == _adapted_module_names(stock_adapted)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(**inputs).logits, expected)
+
+
+@pytest.mark.parametrize(
+    ("method", "targets"),
+    [("lora", {"q_proj", "v_proj"}), ("ia3", {"k_proj", "v_proj", "o_proj", "fc2"})],
+)
+def test_peft_default_targets_of_the_vit_are_berts_in_vit_names(method, targets):
+    """PEFT has no default targets for the 5.x ViT (its few `vit` entries use the pre-5.x `query`/`value`): ours are
+    BERT's, renamed (IA3 scales the inputs of the output projections like BERT's `output.dense`)."""
+    model, inputs = CenteredViTForImageClassification(vit_config()).eval(), vit_inputs()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    peft_config = LoraConfig() if method == "lora" else IA3Config()
+    adapted = get_peft_model(model, peft_config)
+    assert {name.rsplit(".", 1)[-1] for name in _adapted_module_names(adapted)} == targets
+    if method == "ia3":
+        assert set(adapted.peft_config["default"].feedforward_modules) == {"o_proj", "fc2"}
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(**inputs).logits, expected)
+
+
+def _prefix_tuned(model: torch.nn.Module) -> torch.nn.Module:
+    return get_peft_model(model, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4))
+
+
+def test_prefix_tuning_without_correction_equals_stock_bert():
+    config, inputs = bert_config(correction="none"), bert_inputs()
+    model = _prefix_tuned(CenteredBertForSequenceClassification(config)).eval()
+    stock = BertForSequenceClassification(_stock_config(config))
+    stock.load_state_dict(model.get_base_model().state_dict(), strict=False)
+    stock = _prefix_tuned(stock).eval()
+    stock.prompt_encoder.load_state_dict(model.prompt_encoder.state_dict())
+    stock.base_model.classifier.load_state_dict(model.base_model.classifier.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, stock(**inputs).logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("fusion", ["none", "gate"])
+@pytest.mark.parametrize("methods", METHODS, ids="+".join)
+def test_prefix_tuning_trains_every_method_and_keeps_padding_invariance(methods, fusion):
+    model = _prefix_tuned(CenteredBertForSequenceClassification(bert_config(correction=methods, fusion=fusion)))
+    inputs, labels = bert_inputs(), torch.tensor([0, 2, 1])
+    for training in (True, False):
+        model.train(training)
+        with torch.no_grad():
+            padded, unpadded = model(**pad_more(inputs, 3)).logits, model(**inputs).logits
+        torch.testing.assert_close(padded, unpadded, atol=1e-5, rtol=1e-5)
+    model.train()
+    model(**inputs, labels=labels).loss.backward()
+    prompt_gradient = model.prompt_encoder["default"].embedding.weight.grad
+    assert prompt_gradient is not None and prompt_gradient.abs().sum() > 0
+
+
+def test_centering_with_a_prefix_averages_the_virtual_and_the_real_keys():
+    """With prefix tuning the keys are the virtual ones, then the tokens': the centered context subtracts the mean of
+    the values over every key a query may attend to, so each row of the centered attention still sums to 0."""
+    config = bert_config(correction="centered", num_hidden_layers=1)
+    model = CenteredBertModel(config).eval()
+    inputs, num_virtual, heads, head_dim = bert_inputs(), 4, config.num_attention_heads, 9
+    batch_size = inputs["input_ids"].shape[0]
+    virtual_keys, virtual_values = torch.randn(2, batch_size, heads, num_virtual, head_dim)
+    cache = DynamicCache(config=config)
+    cache.update(virtual_keys, virtual_values, 0)
+    attendable = torch.cat([torch.ones(batch_size, num_virtual, dtype=torch.long), inputs["attention_mask"]], dim=1)
+
+    attention = model.encoder.layer[0].attention.self
+    seen = {}
+    attention.register_forward_pre_hook(lambda module, args, kwargs: seen.update(hidden=args[0]), with_kwargs=True)
+    attention.register_forward_hook(lambda module, args, output: seen.update(output=output[0]))
+    with torch.no_grad():
+        model(input_ids=inputs["input_ids"], attention_mask=attendable, past_key_values=cache)
+
+        def split_heads(tensor):
+            return tensor.view(batch_size, -1, heads, head_dim).transpose(1, 2)
+
+        hidden = seen["hidden"]
+        query = split_heads(attention.query(hidden))
+        keys = torch.cat([virtual_keys, split_heads(attention.key(hidden))], dim=2)
+        values = torch.cat([virtual_values, split_heads(attention.value(hidden))], dim=2)
+        real = attendable.bool()[:, None, None, :]
+        scores = (query @ keys.transpose(-1, -2) / head_dim**0.5).masked_fill(~real, float("-inf"))
+        value_mean = (values * real.transpose(-1, -2)).sum(dim=2, keepdim=True) / real.sum(dim=-1, keepdim=True)
+        context = torch.softmax(scores, dim=-1) @ values - config.centered_scale * value_mean
+        expected = model.encoder.layer[0].attention.output.dense(context.transpose(1, 2).reshape(hidden.shape))
+    real_tokens = inputs["attention_mask"].bool()
+    torch.testing.assert_close(seen["output"][real_tokens], expected[real_tokens], atol=1e-5, rtol=1e-5)
+
+
+def test_a_frozen_dgn_keeps_its_running_statistics():
+    """Under an adapter that does not save DGN, its running statistics must stay those of the base model."""
+    inputs = bert_inputs()
+    model = CenteredBertForSequenceClassification(bert_config(correction="dgn"))
+    adapted = get_peft_model(model, LoraConfig(target_modules=["query", "value"]))
+    adapted.train()
+
+    def running_statistics():
+        return {name: buffer.clone() for name, buffer in adapted.named_buffers() if "running" in name}
+
+    before = running_statistics()
+    adapted(**inputs)
+    after = running_statistics()
+    assert before and all(torch.equal(after[name], before[name]) for name in before)
+
+    trainable = CenteredBertForSequenceClassification(bert_config(correction="dgn")).train()
+    running_mean = trainable.bert.encoder.layer[0].corrections["dgn"].running_mean.clone()
+    trainable(**inputs)
+    assert not torch.equal(trainable.bert.encoder.layer[0].corrections["dgn"].running_mean, running_mean)
