@@ -3,39 +3,24 @@ folders."""
 
 from __future__ import annotations
 
+import transformers
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoConfig
 
+from . import modeling_centered_bert, modeling_centered_vit
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig
 from .correction_base import Correction
 from .fusion import LayerFusion
-from .modeling_centered_bert import (
-    CenteredBertForMaskedLM,
-    CenteredBertForSequenceClassification,
-    CenteredBertForTokenClassification,
-    CenteredBertModel,
-)
-from .modeling_centered_vit import CenteredViTForImageClassification, CenteredViTModel
+from .modeling_common import complete_auto_map
 
 AUTO_CLASSES = {
-    CenteredBertConfig: {
-        AutoModel: CenteredBertModel,
-        AutoModelForSequenceClassification: CenteredBertForSequenceClassification,
-        AutoModelForMaskedLM: CenteredBertForMaskedLM,
-        AutoModelForTokenClassification: CenteredBertForTokenClassification,
-    },
-    CenteredViTConfig: {
-        AutoModel: CenteredViTModel,
-        AutoModelForImageClassification: CenteredViTForImageClassification,
-    },
+    config_class: {getattr(transformers, auto): model for auto, model in modeling.AUTO_MODEL_CLASSES.items()}
+    for config_class, modeling in (
+        (CenteredBertConfig, modeling_centered_bert),
+        (CenteredViTConfig, modeling_centered_vit),
+    )
 }
+"""`{config class: {Auto class: model class}}`, from each modelling file's `AUTO_MODEL_CLASSES`."""
 CONFIG_CLASSES = {config_class.model_type: config_class for config_class in AUTO_CLASSES}
 
 
@@ -94,16 +79,10 @@ def peft_modules_to_save(model: nn.Module) -> list[str]:
     )
 
 
-def _reference(cls: type) -> str:
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
-
-
 def full_auto_map(model_type: str) -> dict[str, str]:
     """`auto_map` naming AutoConfig, AutoModel and every head, so each Auto class loads an exported folder."""
     config_class = CONFIG_CLASSES[model_type]
-    auto_map = {"AutoConfig": _reference(config_class)}
-    auto_map.update({auto.__name__: _reference(model) for auto, model in AUTO_CLASSES[config_class].items()})
-    return auto_map
+    return complete_auto_map(config_class, {auto.__name__: model for auto, model in AUTO_CLASSES[config_class].items()})
 
 
 def auto_class_name(model) -> str:

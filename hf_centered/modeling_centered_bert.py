@@ -33,7 +33,9 @@ from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
 from .modeling_common import (
+    CompleteAutoMapMixin,
     CorrectionStrengthsMixin,
+    DeferredGradientCheckpointingMixin,
     apply_corrections,
     corrected_attention,
     key_padding_mask_from_attention_mask,
@@ -191,11 +193,17 @@ class CenteredBertEncoder(BertEncoder):
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 
 
-class CenteredBertPreTrainedModel(CorrectionStrengthsMixin, BertPreTrainedModel):
+class CenteredBertPreTrainedModel(
+    DeferredGradientCheckpointingMixin, CompleteAutoMapMixin, CorrectionStrengthsMixin, BertPreTrainedModel
+):
     config_class = CenteredBertConfig
     # Trainer must not rescale the loss: the heads' cross-entropy is a plain mean (see huggingface.md §4).
     accepts_loss_kwargs = False
     _no_split_modules = ["BertEmbeddings", "CenteredBertLayer"]
+
+    @classmethod
+    def auto_model_classes(cls) -> dict[str, type[CenteredBertPreTrainedModel]]:
+        return AUTO_MODEL_CLASSES
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -233,7 +241,16 @@ class CenteredBertForTokenClassification(CenteredBertPreTrainedModel, BertForTok
         self.post_init()
 
 
+AUTO_MODEL_CLASSES = {
+    "AutoModel": CenteredBertModel,
+    "AutoModelForSequenceClassification": CenteredBertForSequenceClassification,
+    "AutoModelForMaskedLM": CenteredBertForMaskedLM,
+    "AutoModelForTokenClassification": CenteredBertForTokenClassification,
+}
+"""The model class each Auto class loads for `centered_bert`."""
+
 __all__ = [
+    "AUTO_MODEL_CLASSES",
     "CenteredBertForMaskedLM",
     "CenteredBertForSequenceClassification",
     "CenteredBertForTokenClassification",

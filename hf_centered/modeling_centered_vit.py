@@ -26,7 +26,9 @@ from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
 from .modeling_common import (
+    CompleteAutoMapMixin,
     CorrectionStrengthsMixin,
+    DeferredGradientCheckpointingMixin,
     apply_corrections,
     corrected_attention,
     key_padding_mask_from_attention_mask,
@@ -117,11 +119,17 @@ class CenteredViTLayer(ViTLayer):
         return apply_corrections(self.output_corrections, hidden_states, state)
 
 
-class CenteredViTPreTrainedModel(CorrectionStrengthsMixin, ViTPreTrainedModel):
+class CenteredViTPreTrainedModel(
+    DeferredGradientCheckpointingMixin, CompleteAutoMapMixin, CorrectionStrengthsMixin, ViTPreTrainedModel
+):
     config_class = CenteredViTConfig
     # Trainer must not rescale the loss: the head's cross-entropy is a plain mean (see huggingface.md §4).
     accepts_loss_kwargs = False
     _no_split_modules = ["ViTEmbeddings", "CenteredViTLayer"]
+
+    @classmethod
+    def auto_model_classes(cls) -> dict[str, type[CenteredViTPreTrainedModel]]:
+        return AUTO_MODEL_CLASSES
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -188,4 +196,10 @@ class CenteredViTForImageClassification(CenteredViTPreTrainedModel, ViTForImageC
         self.post_init()
 
 
-__all__ = ["CenteredViTForImageClassification", "CenteredViTModel", "CenteredViTPreTrainedModel"]
+AUTO_MODEL_CLASSES = {
+    "AutoModel": CenteredViTModel,
+    "AutoModelForImageClassification": CenteredViTForImageClassification,
+}
+"""The model class each Auto class loads for `centered_vit`."""
+
+__all__ = ["AUTO_MODEL_CLASSES", "CenteredViTForImageClassification", "CenteredViTModel", "CenteredViTPreTrainedModel"]

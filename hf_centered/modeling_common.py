@@ -51,6 +51,49 @@ def last_output(layer_outputs: Iterator[torch.Tensor]) -> torch.Tensor:
     return hidden_states
 
 
+def complete_auto_map(config_class: type, auto_model_classes: dict[str, type]) -> dict[str, str]:
+    """`auto_map` naming AutoConfig and the model class of every Auto class in `auto_model_classes`, each as
+    `module.Class` with the module's base name (the modelling files are copied flat into a saved folder)."""
+    classes = {"AutoConfig": config_class, **auto_model_classes}
+    return {auto: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for auto, cls in classes.items()}
+
+
+class CompleteAutoMapMixin:
+    """`save_pretrained` names AutoConfig, AutoModel and every head in `auto_map`.
+
+    transformers names only the saved class (and AutoConfig), so a folder written by `save_pretrained` or
+    `Trainer.save_model` would load through that one Auto class only where the package is absent. The model classes
+    of a family are `auto_model_classes()`, `{Auto class name: model class}`.
+    """
+
+    @classmethod
+    def auto_model_classes(cls) -> dict[str, type]:
+        raise NotImplementedError
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self.is_remote_code():  # only then is the modelling code copied alongside
+            self.config.auto_map = complete_auto_map(type(self.config), self.auto_model_classes())
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class DeferredGradientCheckpointingMixin:
+    """Honours an old-style `"gradient_checkpointing": true` in `config.json` as the stock models do.
+
+    transformers consumes that flag (it enables checkpointing on the layers present, then deletes it from the config)
+    in the `post_init` that every stock `__init__` calls, which runs before our classes replace the layers, and in a
+    head before the head replaces its stock backbone. So the stock constructors do not see the flag: it is handed back
+    to the config for the `post_init` our classes call last, once their own layers are in place.
+    """
+
+    def __init__(self, config, *args, **kwargs):
+        gradient_checkpointing = getattr(config, "gradient_checkpointing", False)
+        if gradient_checkpointing:
+            delattr(config, "gradient_checkpointing")
+        super().__init__(config, *args, **kwargs)
+        if gradient_checkpointing:
+            config.gradient_checkpointing = gradient_checkpointing
+
+
 class CorrectionStrengthsMixin:
     """`correction_strengths()` for the corrected models."""
 

@@ -1,6 +1,14 @@
-"""Real clients: PEFT (default targets, prefix tuning, frozen DGN)."""
+"""Real clients: PEFT (default targets, prefix tuning, frozen DGN), Trainer folders and old-style gradient
+checkpointing in config.json."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,15 +18,22 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    BertModel,
     DynamicCache,
+    Trainer,
+    TrainingArguments,
     ViTConfig,
+    ViTForImageClassification,
+    ViTModel,
 )
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from hf_centered import (
     CenteredBertConfig,
     CenteredBertForSequenceClassification,
     CenteredBertModel,
     CenteredViTForImageClassification,
+    CenteredViTModel,
 )
 
 METHODS = [["none"], *([name] for name in CORRECTIONS), CORRECTIONS]
@@ -156,3 +171,99 @@ def test_a_frozen_dgn_keeps_its_running_statistics():
     running_mean = trainable.bert.encoder.layer[0].corrections["dgn"].running_mean.clone()
     trainable(**inputs)
     assert not torch.equal(trainable.bert.encoder.layer[0].corrections["dgn"].running_mean, running_mean)
+
+
+def _run_without_the_package(tmp_path: Path, script: str, *args: str) -> dict:
+    """Runs `script` in a fresh process where hf_centered cannot be imported; returns its last line, parsed as JSON."""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    prelude = 'import sys\nsys.modules["hf_centered"] = None  # an editable install would otherwise stay importable\n'
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+LOAD_WITH_EVERY_AUTO_CLASS = """
+    import json, transformers
+    loaded = {}
+    for folder_and_class in sys.argv[1:]:
+        folder, auto_class = folder_and_class.split("::")
+        model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True)
+        assert "hf_centered" not in type(model).__module__, type(model).__module__
+        loaded[folder_and_class] = type(model).__name__
+    print(json.dumps(loaded))
+"""
+
+
+def test_trainer_and_save_pretrained_folders_load_with_every_auto_class_without_the_package(tmp_path):
+    """`Trainer.save_model` and a plain `save_pretrained` write the complete `auto_map` (not only the saved class)."""
+    bert_folder, vit_folder = tmp_path / "bert", tmp_path / "vit"
+    bert = CenteredBertForSequenceClassification(bert_config(correction=["centered", "dgn"], fusion="gate"))
+    training_args = TrainingArguments(output_dir=str(bert_folder), report_to="none", use_cpu=True)
+    Trainer(model=bert, args=training_args).save_model()
+    CenteredViTForImageClassification(vit_config()).save_pretrained(vit_folder)
+    expected = {
+        bert_folder: {
+            "AutoConfig": "CenteredBertConfig",
+            "AutoModel": "CenteredBertModel",
+            "AutoModelForSequenceClassification": "CenteredBertForSequenceClassification",
+            "AutoModelForMaskedLM": "CenteredBertForMaskedLM",
+            "AutoModelForTokenClassification": "CenteredBertForTokenClassification",
+        },
+        vit_folder: {
+            "AutoConfig": "CenteredViTConfig",
+            "AutoModel": "CenteredViTModel",
+            "AutoModelForImageClassification": "CenteredViTForImageClassification",
+        },
+    }
+    for folder, classes in expected.items():
+        auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+        assert {name: reference.rsplit(".", 1)[-1] for name, reference in auto_map.items()} == classes
+    wanted = {f"{folder}::{auto}": name for folder, classes in expected.items() for auto, name in classes.items()}
+    assert _run_without_the_package(tmp_path, LOAD_WITH_EVERY_AUTO_CLASS, *wanted) == wanted
+
+
+def _checkpointing_flags_and_recomputations(model: torch.nn.Module, inputs: dict) -> tuple[list[bool], int]:
+    """Each checkpointing layer's flag, and how often the first one's attention ran in one training step (2: the
+    layer was recomputed; the layer's own hooks stay outside the checkpoint)."""
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    calls = []
+    handle = layers[0].attention.register_forward_hook(lambda *args: calls.append(1))
+    model.train()
+    output = model(**inputs)
+    (output.logits if hasattr(output, "logits") else output.last_hidden_state).sum().backward()
+    handle.remove()
+    return [layer.gradient_checkpointing for layer in layers], len(calls)
+
+
+@pytest.mark.parametrize(
+    ("stock_class", "centered_class"),
+    [
+        (BertModel, CenteredBertModel),
+        (BertForSequenceClassification, CenteredBertForSequenceClassification),
+        (ViTModel, CenteredViTModel),
+        (ViTForImageClassification, CenteredViTForImageClassification),
+    ],
+    ids=lambda cls: cls.__name__,
+)
+def test_old_style_gradient_checkpointing_in_config_json_is_honoured_like_stock(tmp_path, stock_class, centered_class):
+    config, inputs = (bert_config(), bert_inputs()) if "Bert" in stock_class.__name__ else (vit_config(), vit_inputs())
+    results = []
+    for model_class, model_config in ((stock_class, _stock_config(config)), (centered_class, config)):
+        folder = tmp_path / model_class.__name__
+        model_class(model_config).save_pretrained(folder)
+        saved = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**saved, "gradient_checkpointing": True}))
+        model = model_class.from_pretrained(folder)
+        assert not hasattr(model.config, "gradient_checkpointing")  # consumed, so never saved again
+        results.append(_checkpointing_flags_and_recomputations(model, inputs))
+    stock_result, centered_result = results
+    assert stock_result == ([True] * config.num_hidden_layers, 2)
+    assert centered_result == stock_result
