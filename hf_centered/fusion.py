@@ -19,6 +19,10 @@ With `config.correction_strength="learned"`, a fusion that does not start as the
 in through one learnable gate starting at 0, :math:`H^{(L)} + g\,(\hat H - H^{(L)})` with
 :math:`g = \texttt{strength\_gate\_scale}\cdot\theta`, so the converted model starts as the pretrained one
 exactly; `concat` already does and gets no gate (a gate on a zero difference would never receive a gradient).
+
+Under `torch.jit.trace` the fusions record their out-of-place (autograd) steps, since the trace is checked by
+recording it again without autograd, and plain operations instead of their autograd Functions, which a saved trace
+could not hold.
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ CITATION = """@inproceedings{shi2022revisiting,
 
 
 def needs_graph(*tensors: torch.Tensor) -> bool:
-    """Whether autograd records a computation on these tensors (then no in-place running state may be used)."""
-    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+    """Whether autograd records a computation on these tensors, or `torch.jit.trace` records one (then no in-place
+    running state may be used)."""
+    return torch.jit.is_tracing() or (torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors))
 
 
 class LayerFusion(nn.Module):
@@ -112,6 +117,8 @@ class LayerFusion(nn.Module):
         fused = self.finish(partial)
         if self.strength_gate is None:
             return fused
+        if torch.jit.is_tracing():  # see the module docstring
+            return hidden + self.strength().to(hidden.dtype) * (fused - hidden)
         return _GatedMix.apply(hidden, fused, self.strength(), self.keeps_last_and_fused)
 
 
@@ -267,6 +274,8 @@ class GateFusion(LayerFusion):
         return _OnlineSoftmax(new_max, normaliser, weighted_sum, partial.dtype)
 
     def finish(self, partial: _OnlineSoftmax) -> torch.Tensor:
+        if torch.jit.is_tracing():  # see the module docstring
+            return (partial.weighted_sum / partial.normaliser[..., None]).to(partial.dtype)
         if needs_graph(partial.weighted_sum, partial.normaliser):
             return _Normalise.apply(partial.weighted_sum, partial.normaliser, partial.dtype)
         return partial.weighted_sum.div_(partial.normaliser[..., None]).to(partial.dtype)

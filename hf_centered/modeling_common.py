@@ -166,7 +166,9 @@ def corrected_attention(
         corrections.pop(0)
     context, weights = attention_interface(module, query, key, backend_value, attention_mask, **kwargs)
     projecting_correction = None
-    if output_projection is not None and corrections and is_plain_linear(output_projection):
+    # A saved `torch.jit.trace` cannot hold the autograd Function that a projecting correction runs.
+    can_project = output_projection is not None and is_plain_linear(output_projection) and not torch.jit.is_tracing()
+    if corrections and can_project:
         projecting_correction = corrections.pop()
     for correction in corrections:
         context = correction(context, value, state)

@@ -1,5 +1,5 @@
-"""Real clients: PEFT (default targets, prefix tuning, frozen DGN), Trainer folders and old-style gradient
-checkpointing in config.json."""
+"""Real clients: PEFT (default targets, prefix tuning, frozen DGN), Trainer folders, old-style gradient checkpointing
+in config.json and torch.jit.trace."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORRECTIONS, bert_config, bert_inputs, pad_more, vit_config, vit_inputs
+from conftest import CORRECTIONS, FUSIONS, bert_config, bert_inputs, pad_more, vit_config, vit_inputs
 from peft import IA3Config, LoraConfig, PrefixTuningConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import (
@@ -267,3 +268,37 @@ def test_old_style_gradient_checkpointing_in_config_json_is_honoured_like_stock(
     stock_result, centered_result = results
     assert stock_result == ([True] * config.num_hidden_layers, 2)
     assert centered_result == stock_result
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("architecture", ["bert", "vit"])
+def test_torch_jit_trace_of_every_method_gives_the_eager_outputs_and_saves(tmp_path, architecture, fusion):
+    """Tracing checks its graph by recording it again without autograd, so the fusions must take the same path with
+    and without it; the saved trace must hold no autograd Function."""
+    for strength in ("fixed", "learned"):
+        if architecture == "bert":
+            config, inputs = (
+                bert_config(correction=CORRECTIONS, fusion=fusion, correction_strength=strength),
+                bert_inputs(),
+            )
+            model = CenteredBertForSequenceClassification(config)
+        else:
+            config, inputs = (
+                vit_config(correction=CORRECTIONS, fusion=fusion, correction_strength=strength),
+                vit_inputs(),
+            )
+            model = CenteredViTForImageClassification(config)
+        with torch.no_grad():  # gates away from 0, as after training
+            for name, parameter in model.named_parameters():
+                if "strength_gate" in name:
+                    parameter.normal_(std=0.01)
+        model.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(model, example_kwarg_inputs=inputs, strict=False)
+        torch.jit.save(traced, tmp_path / "traced.pt")
+        reloaded = torch.jit.load(tmp_path / "traced.pt")
+        with torch.no_grad():
+            expected = model(**inputs).logits
+            torch.testing.assert_close(traced(**inputs)["logits"], expected, atol=1e-6, rtol=0)
+            torch.testing.assert_close(reloaded(**inputs)["logits"], expected, atol=1e-6, rtol=0)
