@@ -1,7 +1,7 @@
 """hf_centered: anti-over-smoothing corrections for Hugging Face BERT and ViT, registered with the Auto classes.
 
-Importing the package registers `centered_bert` and `centered_vit` with `AutoConfig` and the `AutoModel*` classes,
-and with PEFT's default target modules (no network access).
+Importing the package registers `centered_bert` and `centered_vit` with `AutoConfig`, the `AutoModel*` classes and
+`AutoImageProcessor`, and with PEFT's default target modules (no network access).
 """
 
 from .auto import AUTO_CLASSES, peft_modules_to_save, register_auto_classes, register_peft_target_modules
@@ -9,6 +9,7 @@ from .configuration_centered import CenteredBertConfig, CenteredViTConfig
 from .corrections import available_corrections
 from .fusion import available_fusions
 from .hub import export_for_hub, push_to_hub
+from .image_processing_centered_vit import CenteredViTImageProcessor
 from .modeling_centered_bert import (
     CenteredBertForMaskedLM,
     CenteredBertForSequenceClassification,
@@ -33,6 +34,7 @@ __all__ = [
     "CenteredBertPreTrainedModel",
     "CenteredViTConfig",
     "CenteredViTForImageClassification",
+    "CenteredViTImageProcessor",
     "CenteredViTModel",
     "CenteredViTPreTrainedModel",
     "available_corrections",

@@ -1,16 +1,17 @@
-"""Registration of the configurations and models with the Auto classes and PEFT, and the `auto_map` of exported
-folders."""
+"""Registration of the configurations, models and image processor with the Auto classes and PEFT, and the `auto_map`
+of exported folders."""
 
 from __future__ import annotations
 
 import transformers
 from torch import nn
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoImageProcessor
 
 from . import modeling_centered_bert, modeling_centered_vit
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig
 from .correction_base import Correction
 from .fusion import LayerFusion
+from .image_processing_centered_vit import CenteredViTImageProcessor
 from .modeling_common import complete_auto_map
 
 AUTO_CLASSES = {
@@ -25,13 +26,17 @@ CONFIG_CLASSES = {config_class.model_type: config_class for config_class in AUTO
 
 
 def register_auto_classes() -> None:
-    """Registers every configuration and model; idempotent."""
+    """Registers every configuration, model and image processor; idempotent."""
     for config_class, models in AUTO_CLASSES.items():
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
         for auto_class, model_class in models.items():
             auto_class.register(config_class, model_class, exist_ok=True)
             model_class.register_for_auto_class(auto_class.__name__)
+    AutoImageProcessor.register(
+        CenteredViTConfig, image_processor_classes={"pil": CenteredViTImageProcessor}, exist_ok=True
+    )
+    CenteredViTImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
 # PEFT 0.21 has no default targets for the 5.x ViT (its few "vit" entries name the pre-5.x `query`/`value`): a

@@ -36,7 +36,6 @@ from transformers import (
     Trainer,
     TrainerCallback,
     TrainingArguments,
-    ViTImageProcessorPil,
     default_data_collator,
     set_seed,
 )
@@ -50,6 +49,7 @@ from .corrections import NO_CORRECTION, available_corrections
 from .diagnostics import Profile, oversmoothing_profile
 from .fusion import NO_FUSION, available_fusions
 from .hub import EXPORT_MANIFEST, export_for_hub, push_to_hub
+from .image_processing_centered_vit import CenteredViTImageProcessor
 from .metrics import compute_metrics
 from .modeling_centered_bert import CenteredBertForSequenceClassification
 from .modeling_centered_vit import CenteredViTForImageClassification
@@ -748,10 +748,11 @@ def load_processor(args: FinetuneArguments, config, modality: str, source: str |
             return AutoImageProcessor.from_pretrained(source)
         except (OSError, ValueError):
             pass  # a checkpoint without a processor gets the digits one below
-    # Mirrors digits_pixel_values: 0..16 grey levels scaled to [0, 1], resized, no normalisation.
-    return ViTImageProcessorPil(
+    # What digits_pixel_values gives the model, from the 8-bit images that the image-classification pipeline and
+    # hf-centered diagnose hand over (the pipeline as RGB): grey levels scaled to [0, 1], resized, not normalised.
+    return CenteredViTImageProcessor(
         size={"height": config.image_size, "width": config.image_size},
-        rescale_factor=1 / offline_data.DIGITS_MAX_VALUE,
+        num_channels=config.num_channels,
         do_normalize=False,
     )
 

@@ -1,5 +1,5 @@
 """Real clients: PEFT (default targets, prefix tuning, frozen DGN), Trainer folders, old-style gradient checkpointing
-in config.json and torch.jit.trace."""
+in config.json, torch.jit.trace and the image-classification pipeline."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import CORRECTIONS, FUSIONS, bert_config, bert_inputs, pad_more, vit_config, vit_inputs
 from peft import IA3Config, LoraConfig, PrefixTuningConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
+from PIL import Image
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -26,6 +28,7 @@ from transformers import (
     ViTConfig,
     ViTForImageClassification,
     ViTModel,
+    pipeline,
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -35,7 +38,9 @@ from hf_centered import (
     CenteredBertModel,
     CenteredViTForImageClassification,
     CenteredViTModel,
+    finetuning,
 )
+from hf_centered.data import DIGITS_MAX_VALUE, digits
 
 METHODS = [["none"], *([name] for name in CORRECTIONS), CORRECTIONS]
 
@@ -302,3 +307,51 @@ def test_torch_jit_trace_of_every_method_gives_the_eager_outputs_and_saves(tmp_p
             expected = model(**inputs).logits
             torch.testing.assert_close(traced(**inputs)["logits"], expected, atol=1e-6, rtol=0)
             torch.testing.assert_close(reloaded(**inputs)["logits"], expected, atol=1e-6, rtol=0)
+
+
+TINY_DIGITS_VIT = {
+    "image_size": 8,
+    "patch_size": 4,
+    "num_channels": 1,
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 20,
+}
+
+CLASSIFY_WITHOUT_THE_PACKAGE = """
+    import json
+    from PIL import Image
+    from transformers import pipeline
+    folder, image_file = sys.argv[1:]
+    classify = pipeline("image-classification", model=folder, trust_remote_code=True)
+    grey = Image.open(image_file)
+    print(json.dumps({mode: classify(grey.convert(mode), top_k=10) for mode in ("L", "RGB")}))
+"""
+
+
+def test_digits_export_classifies_pil_images_in_the_pipeline(tmp_path):
+    """A 1-channel digits ViT from finetune.py: grey and RGB PIL images reach it as the grey pixels it trained on."""
+    output_dir = tmp_path / "digits"
+    argv = ["--dataset_name", "digits", "--architecture", json.dumps(TINY_DIGITS_VIT), "--max_steps", "2"]
+    argv += ["--max_eval_samples", "20", "--profile_sequences", "0", "--output_dir", str(output_dir)]
+    finetuning.main(argv)
+
+    images, _ = digits()
+    trained_pixels = torch.as_tensor(images[:1] / DIGITS_MAX_VALUE, dtype=torch.float32)[:, None]  # (1, 1, 8, 8)
+    grey = Image.fromarray(np.round(images[0] * 255 / DIGITS_MAX_VALUE).astype(np.uint8))  # mode "L"
+    image_file = tmp_path / "digit.png"
+    grey.save(image_file)
+    classify = pipeline("image-classification", model=str(output_dir), trust_remote_code=True)
+    results = {}
+    for mode in ("L", "RGB"):
+        image = grey.convert(mode)
+        pixel_values = classify.image_processor(images=image, return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(pixel_values, trained_pixels, atol=1 / 255, rtol=0)  # 8-bit rounding
+        results[mode] = classify(image, top_k=10)
+        assert {result["label"] for result in results[mode]} == {str(digit) for digit in range(10)}
+    remote = _run_without_the_package(tmp_path, CLASSIFY_WITHOUT_THE_PACKAGE, str(output_dir), str(image_file))
+    for mode_results in (results["RGB"], remote["L"], remote["RGB"]):
+        assert [result["label"] for result in mode_results] == [result["label"] for result in results["L"]]
+        scores = [result["score"] for result in mode_results]
+        np.testing.assert_allclose(scores, [result["score"] for result in results["L"]], atol=1e-6)
