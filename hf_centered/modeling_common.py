@@ -146,11 +146,11 @@ def corrected_attention(
     """Runs the backend that `config._attn_implementation` names, then the module's attention-site corrections.
 
     `query` is `(B, H, n, d_h)`, `key/value` are `(B, H, k, d_h)` (k > n under prefix tuning, whose virtual keys come
-    first); returns the context `(B, n, H, d_h)`, or with `output_projection` the
-    projected attention output `(B, n, d)`, and the backend's weights (None for fused backends). The corrections only
-    need the context and V, so SDPA and flash keep working. Without attention dropout, the leading corrections that
-    have a `value_shift` are folded into V instead (see `Correction.value_shift`); the last one computes the
-    projection itself when it can (see `Correction.project`).
+    first); returns the context `(B, n, H, d_h)`, or with `output_projection` the projected attention output
+    `(B, n, d)`, and the backend's weights (None for fused backends). The corrections only need the context and V, so
+    SDPA and flash keep working. Without attention dropout, the leading corrections that have a `value_shift` are
+    folded into V instead (see `Correction.value_shift`); the last one computes the projection itself when it can
+    (see `Correction.project`).
     """
     attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
         module.config._attn_implementation, eager_attention_forward
