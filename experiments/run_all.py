@@ -14,6 +14,12 @@ the units whose options changed; move the results file away to measure everythin
   that variant, then the fine-tuned model's accuracy, macro-F1, training time and profile (experiments 1 and 3).
 - `vit/d<depth>/<variant>[@<field>=<value>]/seed<s>`: a ViT trained from scratch on sklearn's digits at that depth,
   its test accuracy and profile (experiment 2; with `@field=value`, the hyper-parameter sweep).
+- `text/<variant>@learned/seed<s>` and `vit/d<depth>/<variant>@learned/seed<s>`: the same with
+  `correction_strength="learned"` (experiment 4), whose results also hold the learned strengths; `text/all...` is
+  every correction at once.
+
+Every unit starts from `UNIT_RECIPE` (finetune.py's embedded default as these experiments were defined: fixed
+strengths, no stock baseline run inside the unit) and adds its own options.
 
 A variant is every registered correction alone and every registered fusion alone, so a new method joins the
 experiments without an edit here. The text units run one at a time on every core (their training times are
@@ -48,10 +54,17 @@ from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 
 from hf_centered.corrections import available_corrections  # noqa: E402
 from hf_centered.diagnostics import METRIC_TITLES, oversmoothing_profile  # noqa: E402
+from hf_centered.finetuning import EMBEDDED_DEFAULT  # noqa: E402
 from hf_centered.fusion import NO_FUSION, available_fusions  # noqa: E402
 from hf_centered.reporting import machine_description, write_generated_section  # noqa: E402
+from hf_centered.strength_maps import has_learned_strengths  # noqa: E402
 
 BASELINE = "none"
+ALL_AT_ONCE = "all"  # experiment 4's variant combining every registered correction
+LEARNED = "@learned"
+# What every unit's options are added to: the recipe these experiments were defined with. The embedded default of
+# finetune.py has since turned to learned strengths and a stock baseline inside each run; the units name those.
+UNIT_RECIPE = {**EMBEDDED_DEFAULT, "correction_strength": "fixed", "baseline": False}
 PROFILE_METRICS = ("cosine_similarity", "effective_rank", "rank_collapse_residual")
 # The main hyper-parameter of each correction, swept in experiment 2's sweep.
 SWEPT_FIELD = {
@@ -121,6 +134,8 @@ class Plan:
     report_path: Path
     images_dir: Path
     scratch_dir: Path
+    strength_seeds: tuple[int, ...] = (42, 43, 44, 45, 46)  # experiment 4 (text)
+    strength_vit_depths: tuple[int, ...] = (16, 32)  # experiment 4 (images), with the seeds of experiment 2
     readme_path: Path | None = None  # gets the headline plot and findings between its own markers
     # The text units run alone on every core; the small ViT units, one core each, as many at once as there are cores.
     text_threads: int = field(default_factory=torch.get_num_threads)
@@ -166,6 +181,8 @@ def quick_plan() -> Plan:
         vit_epochs=4,
         sweep_depth=4,
         sweep_values={name: (values[0], values[1]) for name, values in full_plan().sweep_values.items()},
+        strength_seeds=(42,),
+        strength_vit_depths=(4,),
         results_path=quick_dir / "results.json",
         report_path=quick_dir / "RESULTS.md",
         images_dir=quick_dir / "images",
@@ -188,9 +205,20 @@ class Unit:
     threads: int
 
 
+def strength_variants() -> list[str]:
+    """Experiment 4's corrected variants: every registered correction alone, then all of them at once."""
+    return [name for name in available_corrections() if name != BASELINE] + [ALL_AT_ONCE]
+
+
 def variant_options(variant: str) -> tuple[str, ...]:
-    correction, fusion = variants()[variant]
-    return ("--correction", correction, "--fusion", fusion)
+    """Options of a variant name: `<variant>` of `variants()`, `all`, either with the `@learned` suffix."""
+    name = variant.removesuffix(LEARNED)
+    if name == ALL_AT_ONCE:
+        options: tuple[str, ...] = ("--correction", *strength_variants()[:-1], "--fusion", NO_FUSION)
+    else:
+        correction, fusion = variants()[name]
+        options = ("--correction", correction, "--fusion", fusion)
+    return (*options, "--correction_strength", "learned") if variant.endswith(LEARNED) else options
 
 
 def text_options(plan: Plan, variant: str, seed: int) -> tuple[str, ...]:
@@ -247,7 +275,28 @@ def text_units(plan: Plan) -> list[Unit]:
             units.append(
                 Unit(f"text/{variant}/seed{seed}", "finetune", text_options(plan, variant, seed), plan.text_threads)
             )
+    listed = {unit.key for unit in units}
+    for seed in plan.strength_seeds:  # experiment 4, seed-major like the rest
+        for variant in [BASELINE, *strength_variants(), *(name + LEARNED for name in strength_variants())]:
+            key = f"text/{variant}/seed{seed}"
+            if key not in listed:
+                units.append(Unit(key, "finetune", text_options(plan, variant, seed), plan.text_threads))
     return units
+
+
+def strength_keys(plan: Plan) -> set[str]:
+    """The units of experiment 4 that no other experiment needs: the report shows them as far as they are measured."""
+    text = {f"text/{v}/seed{s}" for s in plan.strength_seeds for v in [BASELINE, *strength_variants()]}
+    text |= {f"text/{v}{LEARNED}/seed{s}" for s in plan.strength_seeds for v in strength_variants()}
+    vit = {
+        vit_key(depth, variant, seed)
+        for depth in plan.strength_vit_depths
+        for seed in plan.seeds
+        for variant in [*plan.vit_variants, *(v + LEARNED for v in plan.vit_variants if v != BASELINE)]
+    }
+    experiment_3 = {f"text/{v}/seed{s}" for s in plan.seeds for v in variants()}
+    experiment_2 = {vit_key(d, v, s) for d in plan.vit_depths for v in plan.vit_variants for s in plan.seeds}
+    return (text | vit) - experiment_3 - experiment_2
 
 
 def vit_units(plan: Plan) -> list[Unit]:
@@ -264,6 +313,11 @@ def vit_units(plan: Plan) -> list[Unit]:
             extra = (f"--{field_name}", f"{value:g}")
             options = vit_options(plan, plan.sweep_depth, correction, seed, extra)
             units.setdefault(key, (plan.sweep_depth, Unit(key, "finetune", options, 1)))
+    for depth in plan.strength_vit_depths:  # experiment 4: the same ViTs with learned strengths (and fixed ones)
+        for seed in plan.seeds:
+            for variant in [*plan.vit_variants, *(v + LEARNED for v in plan.vit_variants if v != BASELINE)]:
+                key = vit_key(depth, variant, seed)
+                units.setdefault(key, (depth, Unit(key, "finetune", vit_options(plan, depth, variant, seed), 1)))
     return [unit for _, unit in sorted(units.values(), key=lambda entry: -entry[0])]
 
 
@@ -300,6 +354,16 @@ def measure(model: torch.nn.Module, evaluation, batch_size: int, sequences: int)
     }
 
 
+def recipe_argv(scratch_dir: Path) -> list[str]:
+    """`--config` of `UNIT_RECIPE`, written into the scratch folder (the recipe is code, not part of a unit's key)."""
+    import yaml
+
+    path = scratch_dir / "unit_recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(UNIT_RECIPE))
+    return ["--config", str(path)]
+
+
 def prepared_data(argv: list[str]):
     """finetune.py's own pipeline up to the data: (arguments, configuration, modality, source, processor, data)."""
     from hf_centered import finetuning
@@ -317,11 +381,11 @@ def training_seconds(output_dir: Path) -> float:
     return next(entry["train_runtime"] for entry in history if "train_runtime" in entry)
 
 
-def execute_unit(unit: Unit, output_dir: Path, profile_sequences: int) -> dict[str, Any]:
-    """Runs one unit in this process and returns its JSON-safe result."""
+def execute_unit(unit: Unit, output_dir: Path, profile_sequences: int, recipe: list[str]) -> dict[str, Any]:
+    """Runs one unit in this process (`recipe`: the `--config` of its base recipe) and returns its JSON-safe result."""
     from hf_centered import finetuning
 
-    argv = [*unit.options, "--output_dir", str(output_dir)]
+    argv = [*recipe, *unit.options, "--output_dir", str(output_dir)]
     args, config, modality, source, _, data = prepared_data(argv)
     batch_size = args.training.per_device_eval_batch_size
     result: dict[str, Any] = {"train_examples": len(data.train), "eval_examples": len(data.evaluation)}
@@ -335,6 +399,8 @@ def execute_unit(unit: Unit, output_dir: Path, profile_sequences: int) -> dict[s
             train_seconds=training_seconds(output_dir),
         )
         model = finetuning.classification_model_class(modality).from_pretrained(output_dir)
+        if has_learned_strengths(model):
+            result["strengths"] = model.correction_strengths()
     result.update(measure(model, data.evaluation, batch_size, profile_sequences))
     return result
 
@@ -371,7 +437,7 @@ def run_in_worker(unit: Unit, scratch_dir: str, profile_sequences: int) -> tuple
     started = time.perf_counter()
     try:
         with output_redirected_to(log_path):
-            result = execute_unit(unit, scratch / unit.key, profile_sequences)
+            result = execute_unit(unit, scratch / unit.key, profile_sequences, recipe_argv(scratch))
     except SystemExit as error:  # finetune.py's one-line errors
         raise RuntimeError(f"{error} (log: {log_path})") from None
     except Exception as error:
@@ -612,9 +678,7 @@ def setup_section(results: Results) -> list[str]:
     plan = results.plan
     first_text = results[f"text/{BASELINE}/seed{plan.seeds[0]}"]
     first_vit = results[vit_key(plan.vit_depths[0], BASELINE, plan.seeds[0])]
-    from hf_centered.finetuning import EMBEDDED_DEFAULT
-
-    text_recipe = {**EMBEDDED_DEFAULT, **dict(zip(plan.text_options[::2], plan.text_options[1::2], strict=True))}
+    text_recipe = {**UNIT_RECIPE, **dict(zip(plan.text_options[::2], plan.text_options[1::2], strict=True))}
     invocations = results.cache.data["invocations"]
     machine = invocations[-1]["machine"] if invocations else machine_description()
     total = sum(entry["wall_seconds"] for entry in invocations)
@@ -771,6 +835,159 @@ def experiment_3(results: Results) -> list[str]:
     return lines
 
 
+def measured(results: Results, keys: Sequence[str]) -> list[str]:
+    """The keys among `keys` whose units have a cached result."""
+    return [key for key in keys if results.cache.get(results.units[key]) is not None]
+
+
+def strength_rows(plan: Plan) -> list[str]:
+    """Experiment 4's text variants in table order: stock, then each corrected variant fixed and learned."""
+    return [BASELINE, *(name for variant in strength_variants() for name in (variant, variant + LEARNED))]
+
+
+def experiment_4(results: Results, image_path: str | None) -> list[str]:
+    plan = results.plan
+    pending = [key for key in results.missing() if key in strength_keys(plan)]
+    stock_keys = measured(results, [f"text/{BASELINE}/seed{s}" for s in plan.strength_seeds])
+    stock = results.summary(stock_keys, accuracy_of)
+    stock_times = {key.rsplit("/", 1)[1]: results[key]["train_seconds"] for key in stock_keys}
+    lines = [
+        "## Experiment 4: pretrained-safe corrections (learned strengths)",
+        "",
+        '`correction_strength="learned"` multiplies every correction\'s strength by gates that start at 0 (one per '
+        "layer, one per head for centered attention and NeuTRENO; `strength_gate_scale` = "
+        f"{default_value('strength_gate_scale'):g}), so the converted MiniLM starts as the pretrained one. "
+        f"Experiment 3's recipe, seeds {', '.join(map(str, plan.strength_seeds))}; `all` combines every correction. "
+        "Accuracy and macro-F1 in %, mean ± std; Δ accuracy to `none` in points ± its standard error (`*`: beyond "
+        "two standard errors); training time relative to `none` of the same seed (median, min–max).",
+        "",
+    ]
+    if pending:
+        lines += [
+            f"*{len(pending)} of this experiment's units are not measured yet (the rows show the seeds measured); "
+            "`python experiments/run_all.py` measures them, resuming from the committed cache.*",
+            "",
+        ]
+    lines += [
+        "| variant | strength | seeds | accuracy | macro-F1 | Δ accuracy | training time / `none` |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for variant in strength_rows(plan):
+        keys = measured(results, [f"text/{variant}/seed{s}" for s in plan.strength_seeds])
+        name, strength = variant.removesuffix(LEARNED), "learned" if variant.endswith(LEARNED) else "fixed"
+        if not keys:
+            lines.append(f"| {name} | {strength} | 0 | — | — | — | — |")
+            continue
+        summary = results.summary(keys, accuracy_of)
+        f1 = results.summary(keys, lambda r: r["f1_macro"]).format(1, 100.0)
+        ratios = [
+            results[key]["train_seconds"] / stock_times[key.rsplit("/", 1)[1]]
+            for key in keys
+            if key.rsplit("/", 1)[1] in stock_times
+        ]
+        ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "—"
+        delta = difference(summary, stock) if variant != BASELINE else "—"
+        lines.append(f"| {name} | {strength} | {len(keys)} | {summary.format(1, 100.0)} | {f1} | {delta} | {ratio} |")
+    lines.append("")
+    if image_path is not None:
+        lines += [
+            "Learned strengths per layer (the configured strength times the gate; mean over heads and seeds, bars: "
+            "min–max over the heads and seeds). 0 is the stock model; a negative strength is the opposite "
+            "correction:",
+            "",
+            f"![learned strengths per layer]({image_path})",
+            "",
+        ]
+    return lines + strength_vit_section(results)
+
+
+def strength_vit_section(results: Results) -> list[str]:
+    plan = results.plan
+    if not plan.strength_vit_depths:
+        return []
+    depths = sorted(plan.strength_vit_depths)
+    lines = [
+        "### The ViT from scratch with learned strengths",
+        "",
+        "Experiment 2's ViT at the deepest depths; from scratch the gates start at 0 too, so each corrected model "
+        "begins as the stock one. Test accuracy (%), mean ± std over the seeds measured:",
+        "",
+        "| variant | " + " | ".join(f"depth {d}: fixed | depth {d}: learned" for d in depths) + " |",
+        "|---|" + "---:|---:|" * len(depths),
+    ]
+    for variant in plan.vit_variants:
+        cells = []
+        for depth in depths:
+            for suffix in ("", LEARNED):
+                if variant == BASELINE and suffix:
+                    cells.append("—")
+                    continue
+                keys = measured(results, [vit_key(depth, variant + suffix, s) for s in plan.seeds])
+                cells.append(results.summary(keys, accuracy_of).format(1, 100.0) if keys else "—")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def plot_learned_strengths(results: Results, path: Path) -> bool:
+    """Mean learned strength per layer for each correction (text units); False when none is measured yet."""
+    plan = results.plan
+    per_correction: dict[str, dict[str, list[float]]] = {}
+    for variant in strength_variants():
+        for key in measured(results, [f"text/{variant}{LEARNED}/seed{s}" for s in plan.strength_seeds]):
+            for correction, places in results[key]["strengths"].items():
+                label = correction if variant == correction else f"{correction} (in all)"
+                for place, values in places.items():
+                    per_correction.setdefault(label, {}).setdefault(place, []).extend(values)
+    if not per_correction:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, places in per_correction.items():
+        names = list(places)
+        means = [statistics.fmean(places[p]) for p in names]
+        low = [m - min(places[p]) for m, p in zip(means, names, strict=True)]
+        high = [max(places[p]) - m for m, p in zip(means, names, strict=True)]
+        positions = [int(p.split()[1]) if p.startswith("layer") else len(names) for p in names]
+        style = "--" if "(in all)" in label else "-"
+        axis.errorbar(positions, means, yerr=[low, high], fmt=style, marker="o", markersize=3, capsize=2, label=label)
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xlabel("layer (0-based)")
+    axis.set_ylabel("learned strength")
+    axis.set_title("MiniLM on Rotten Tomatoes: learned correction strengths")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def strength_findings(results: Results) -> list[str]:
+    """Experiment 4 against `none`, over the seeds measured so far (nothing before the first learned unit)."""
+    plan = results.plan
+    stock = results.summary(measured(results, [f"text/{BASELINE}/seed{s}" for s in plan.strength_seeds]), accuracy_of)
+    cells = []
+    for variant in strength_variants():
+        for suffix in ("", LEARNED):
+            keys = measured(results, [f"text/{variant}{suffix}/seed{s}" for s in plan.strength_seeds])
+            if keys:
+                summary = results.summary(keys, accuracy_of)
+                label = f"`{variant}` {'learned' if suffix else 'fixed'}"
+                cells.append(f"{label} {difference(summary, stock)} ({len(keys)} seeds)")
+    if not any("learned" in cell for cell in cells):
+        return []
+    return [
+        f"- Rotten Tomatoes, fixed against learned strengths (accuracy Δ to `none`, {len(stock.values)} stock seeds): "
+        + "; ".join(cells)
+        + "."
+    ]
+
+
 def findings(results: Results) -> list[str]:
     """Bullet sentences derived from the numbers, so that the summary can never disagree with the tables."""
     plan = results.plan
@@ -806,6 +1023,7 @@ def findings(results: Results) -> list[str]:
         + (", ".join(clear) if clear else "no correction")
         + "; every other correction is within two standard errors of it."
     )
+    lines += strength_findings(results)
     seed = plan.seeds[0]
     after = {variant: last_layer_cosine(results[f"text/{variant}/seed{seed}"]) for variant in variants()}
     before = last_layer_cosine(results[f"pretrained/{BASELINE}"])
@@ -820,7 +1038,7 @@ def findings(results: Results) -> list[str]:
 def write_report(plan: Plan) -> Path:
     """Regenerates the report's tables and plots from the cached results of `plan`."""
     results = Results(plan, ResultCache(plan.results_path))
-    missing = results.missing()
+    missing = [key for key in results.missing() if key not in strength_keys(plan)]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise SystemExit(f"error: {len(missing)} unit(s) of plan {plan.name} have no cached result ({shown}); run them")
@@ -830,6 +1048,8 @@ def write_report(plan: Plan) -> Path:
         plot_profiles_before_after(results, metric, path)
     depth_image = plan.images_dir / "depth_sweep.png"
     plot_depth_sweep(results, depth_image)
+    strength_image = plan.images_dir / "learned_strengths.png"
+    plotted_strengths = plot_learned_strengths(results, strength_image)
     generated = [
         f"*Generated by `python experiments/run_all.py{' --quick' if plan.name == 'quick' else ''}` from "
         f"`{os.path.relpath(plan.results_path, REPO_ROOT)}`; do not edit between the markers.*",
@@ -838,6 +1058,7 @@ def write_report(plan: Plan) -> Path:
         *experiment_1(results, {metric: relative(path) for metric, path in profile_images.items()}),
         *experiment_2(results, relative(depth_image)),
         *experiment_3(results),
+        *experiment_4(results, relative(strength_image) if plotted_strengths else None),
         "## Findings (computed from the tables above)",
         "",
         *findings(results),

@@ -34,6 +34,7 @@ def tiny_plan(root: Path) -> run_all.Plan:
         vit_epochs=1,
         vit_options=("--max_train_samples", "64", "--max_eval_samples", "24"),
         sweep_depth=2,
+        strength_vit_depths=(2,),
         results_path=root / "results.json",
         report_path=root / "RESULTS.md",
         images_dir=root / "images",
@@ -56,6 +57,11 @@ def test_quick_plan_code_paths_run_on_a_tiny_slice_and_resume(tmp_path, capsys):
         assert result["profile_sequences"] == 6
         if not key.startswith("pretrained/"):
             assert 0.0 <= result["accuracy"] <= 1.0 and result["train_seconds"] > 0
+        assert ("strengths" in result) == (run_all.LEARNED in key), key
+        if run_all.LEARNED in key and key.startswith("text/"):  # per correction, a place per layer
+            variant = key.split("/")[1].removesuffix(run_all.LEARNED)
+            expected = run_all.strength_variants()[:-1] if variant == run_all.ALL_AT_ONCE else [variant]
+            assert list(result["strengths"]) == expected and "layer 5" in result["strengths"][expected[-1]], key
     # A fusion changes what the head reads, not the pretrained layers; without one the head reads the last layer.
     before = {variant: cache["units"][f"pretrained/{variant}"]["result"] for variant in run_all.variants()}
     assert before["max"]["profile"] == before["none"]["profile"]
@@ -67,7 +73,15 @@ def test_quick_plan_code_paths_run_on_a_tiny_slice_and_resume(tmp_path, capsys):
     report = plan.report_path.read_text()
     for variant in run_all.variants():
         assert f"| {variant} |" in report
-    for image in ("depth_sweep.png", *(f"profile_{metric}.png" for metric in run_all.PROFILE_METRICS)):
+    for variant in run_all.strength_variants():
+        assert f"| {variant} | learned | 1 |" in report
+    assert "not measured yet" not in report
+    images = (
+        "depth_sweep.png",
+        "learned_strengths.png",
+        *(f"profile_{metric}.png" for metric in run_all.PROFILE_METRICS),
+    )
+    for image in images:
         assert (plan.images_dir / image).stat().st_size > 0
         assert f"images/{image}" in report
 
@@ -94,6 +108,8 @@ def test_hand_written_text_around_the_report_is_kept(tmp_path):
             "f1_macro": 0.7,
             "train_seconds": 2.0,
         }
+        if run_all.LEARNED in unit.key:
+            result["strengths"] = {"centered": {"layer 0": [0.1, -0.1], "layer 1": [0.2, 0.0]}}
         cache.put(unit, result, 1.0)
     plan.report_path.write_text(
         f"# Results\n\nDiscussion.\n\n{run_all.REPORT_BEGIN}\nold\n{run_all.REPORT_END}\nTail.\n"
@@ -168,10 +184,16 @@ def test_every_registered_method_is_in_every_experiment():
         if not run_all.is_fusion(variant):
             assert all(f"text/{variant}/seed{seed}" in keys for seed in plan.seeds)
             assert all(f"vit/d{depth}/{variant}/seed42" in keys for depth in plan.vit_depths)
+    for variant in run_all.strength_variants():  # experiment 4: every correction, fixed and learned, every seed
+        for seed in plan.strength_seeds:
+            assert {f"text/{variant}/seed{seed}", f"text/{variant}{run_all.LEARNED}/seed{seed}"} <= keys
     assert len(keys) == len(text) + len(vit)  # the sweep's default values reuse the depth grid's units
     quick_text, quick_vit = run_all.all_units(run_all.quick_plan())
     quick_variants = {unit.key.split("/")[1] for unit in quick_text}
-    assert quick_variants == set(run_all.variants())
+    strength_variants = set(run_all.strength_variants())
+    assert quick_variants == set(run_all.variants()) | strength_variants | {
+        v + run_all.LEARNED for v in strength_variants
+    }
     assert any("@" in unit.key for unit in quick_vit)
 
 
