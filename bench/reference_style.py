@@ -44,46 +44,46 @@ class ReferenceCorrection(nn.Module):
 class ReferenceCentered(ReferenceCorrection):
     """(A − 1/n·11ᵀ)V = AV − (1/n·11ᵀ)V with the averaging matrix built explicitly, per head."""
 
-    def __init__(self, scale: float):
+    def __init__(self, ours: Correction):
         super().__init__()
-        self.scale = scale
+        # Our module's strength (with its learned gates): a bound method, so that ours is not a submodule here.
+        self.head_strength = ours.head_strength
 
     def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
         seq_len = value.shape[2]
         averaging = torch.full((seq_len, seq_len), 1.0 / seq_len, dtype=value.dtype, device=value.device)
-        return context - self.scale * (averaging @ value).transpose(1, 2)
+        return context - (self.head_strength() * (averaging @ value)).transpose(1, 2)
 
 
 class ReferenceNeuTRENO(ReferenceCorrection):
-    def __init__(self, lamda: float):
+    def __init__(self, ours: Correction):
         super().__init__()
-        self.lamda = lamda
+        self.head_strength = ours.head_strength
 
     def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
-        return context + self.lamda * (state.first_values - value).transpose(1, 2)
+        return context + (self.head_strength() * (state.first_values - value)).transpose(1, 2)
 
 
 class ReferenceContraNorm(ReferenceCorrection):
     """PKU-ML/ContraNorm: `x_norm = normalize(x); sim = softmax(x_norm @ x_norm.T / tau); x - s * sim @ x`."""
 
-    def __init__(self, scale: float, tau: float):
+    def __init__(self, ours: Correction):
         super().__init__()
-        self.scale = scale
-        self.tau = tau
+        self.strength, self.tau = ours.strength, ours.config.contranorm_tau
 
     def forward(self, hidden: torch.Tensor, state: CorrectionState) -> torch.Tensor:
         normalized = F.normalize(hidden, dim=-1)
         similarity = torch.softmax(normalized @ normalized.transpose(-1, -2) / self.tau, dim=-1)
-        return hidden - self.scale * (similarity @ hidden)
+        return hidden - self.strength() * (similarity @ hidden)
 
 
 class ReferenceDGN(ReferenceCorrection):
     """DGN's reference layer: soft cluster assignment, N×G×d grouped features, one BatchNorm1d over G·d channels."""
 
-    def __init__(self, ours: nn.Module):
+    def __init__(self, ours: Correction):
         super().__init__()
-        self.groups, self.lamda = ours.config.dgn_groups, ours.strength()
-        self.assign = ours.assign
+        self.strength, self.assign = ours.strength, ours.assign
+        self.groups = ours.config.dgn_groups
         hidden_size = ours.weight.shape[1]
         self.batch_norm = nn.BatchNorm1d(self.groups * hidden_size, momentum=ours.config.dgn_momentum, eps=ours.eps)
         with torch.no_grad():
@@ -95,7 +95,7 @@ class ReferenceDGN(ReferenceCorrection):
         assignment = torch.softmax(self.assign(tokens), dim=-1)  # (N, G)
         grouped = assignment.unsqueeze(-1) * tokens.unsqueeze(-2)  # (N, G, d)
         normalized = self.batch_norm(grouped.reshape(tokens.shape[0], -1)).view_as(grouped)
-        return hidden + self.lamda * normalized.sum(dim=1).view_as(hidden)
+        return hidden + self.strength() * normalized.sum(dim=1).view_as(hidden)
 
 
 class ReferenceFusion(nn.Module):
@@ -118,16 +118,15 @@ class ReferenceFusion(nn.Module):
 
 
 def _reference_module(correction: nn.Module) -> nn.Module:
-    name = correction.name
-    if name == "centered":
-        return ReferenceCentered(correction.strength())
-    if name == "neutreno":
-        return ReferenceNeuTRENO(correction.strength())
-    if name == "contranorm":
-        return ReferenceContraNorm(correction.strength(), correction.config.contranorm_tau)
-    if name == "dgn":
-        return ReferenceDGN(correction)
-    raise ValueError(f"no reference-style implementation of correction {name!r}")
+    references = {
+        "centered": ReferenceCentered,
+        "neutreno": ReferenceNeuTRENO,
+        "contranorm": ReferenceContraNorm,
+        "dgn": ReferenceDGN,
+    }
+    if correction.name in references:
+        return references[correction.name](correction)
+    raise ValueError(f"no reference-style implementation of correction {correction.name!r}")
 
 
 def to_reference_style(model: nn.Module) -> nn.Module:
