@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -49,6 +50,14 @@ class CorrectionState:
         return self.padding_mask if self.key_padding_mask is None else self.key_padding_mask
 
 
+def deepcopy_attributes(module: nn.Module, memo: dict) -> nn.Module:
+    """What `copy.deepcopy` does by default for a module, for `__deepcopy__` methods that prepare the memo first."""
+    copied = type(module).__new__(type(module))
+    memo[id(module)] = copied
+    copied.__dict__.update({name: copy.deepcopy(value, memo) for name, value in module.__dict__.items()})
+    return copied
+
+
 class Correction(nn.Module):
     """Base class of the corrections. A subclass acts at one `site` and is registered in `corrections.CORRECTIONS`.
 
@@ -89,6 +98,13 @@ class Correction(nn.Module):
     def acts_in_layer(cls, config, layer_idx: int) -> bool:
         """Whether an instance is built for this layer (beyond `config.correction_layers`)."""
         return True
+
+    def __deepcopy__(self, memo: dict) -> Correction:
+        """A copy that reads the same configuration, unless the copy is part of copying the whole model (whose
+        `__deepcopy__` copies the configuration first, so the memo maps it to the new one). PEFT's `modules_to_save`
+        copies single modules: a field changed on `model.config` must still reach them."""
+        memo.setdefault(id(self.config), self.config)
+        return deepcopy_attributes(self, memo)
 
     def reset_parameters(self) -> None:
         """Initialises new parameters with `transformers.initialization` (which skips loaded tensors); subclasses with

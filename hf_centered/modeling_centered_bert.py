@@ -33,9 +33,7 @@ from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
 from .modeling_common import (
-    CompleteAutoMapMixin,
-    CorrectionStrengthsMixin,
-    DeferredGradientCheckpointingMixin,
+    CenteredPreTrainedMixin,
     apply_corrections,
     corrected_attention,
     key_padding_mask_from_attention_mask,
@@ -193,9 +191,7 @@ class CenteredBertEncoder(BertEncoder):
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 
 
-class CenteredBertPreTrainedModel(
-    DeferredGradientCheckpointingMixin, CompleteAutoMapMixin, CorrectionStrengthsMixin, BertPreTrainedModel
-):
+class CenteredBertPreTrainedModel(CenteredPreTrainedMixin, BertPreTrainedModel):
     config_class = CenteredBertConfig
     # Trainer must not rescale the loss: the heads' cross-entropy is a plain mean (see huggingface.md §4).
     accepts_loss_kwargs = False

@@ -26,9 +26,7 @@ from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE
 from .corrections import build_corrections, needs_first_values
 from .fusion import LayerFusion, build_fusion
 from .modeling_common import (
-    CompleteAutoMapMixin,
-    CorrectionStrengthsMixin,
-    DeferredGradientCheckpointingMixin,
+    CenteredPreTrainedMixin,
     apply_corrections,
     corrected_attention,
     key_padding_mask_from_attention_mask,
@@ -119,9 +117,7 @@ class CenteredViTLayer(ViTLayer):
         return apply_corrections(self.output_corrections, hidden_states, state)
 
 
-class CenteredViTPreTrainedModel(
-    DeferredGradientCheckpointingMixin, CompleteAutoMapMixin, CorrectionStrengthsMixin, ViTPreTrainedModel
-):
+class CenteredViTPreTrainedModel(CenteredPreTrainedMixin, ViTPreTrainedModel):
     config_class = CenteredViTConfig
     # Trainer must not rescale the loss: the head's cross-entropy is a plain mean (see huggingface.md §4).
     accepts_loss_kwargs = False

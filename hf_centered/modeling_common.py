@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .correction_base import Correction, CorrectionState
+from .correction_base import Correction, CorrectionState, deepcopy_attributes
 from .fusion import LayerFusion
 
 
@@ -58,31 +59,20 @@ def complete_auto_map(config_class: type, auto_model_classes: dict[str, type]) -
     return {auto: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for auto, cls in classes.items()}
 
 
-class CompleteAutoMapMixin:
-    """`save_pretrained` names AutoConfig, AutoModel and every head in `auto_map`.
+class CenteredPreTrainedMixin:
+    """What the corrected BERT and ViT `PreTrainedModel`s add to the stock ones, for every head.
 
-    transformers names only the saved class (and AutoConfig), so a folder written by `save_pretrained` or
-    `Trainer.save_model` would load through that one Auto class only where the package is absent. The model classes
-    of a family are `auto_model_classes()`, `{Auto class name: model class}`.
-    """
-
-    @classmethod
-    def auto_model_classes(cls) -> dict[str, type]:
-        raise NotImplementedError
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if self.is_remote_code():  # only then is the modelling code copied alongside
-            self.config.auto_map = complete_auto_map(type(self.config), self.auto_model_classes())
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-
-class DeferredGradientCheckpointingMixin:
-    """Honours an old-style `"gradient_checkpointing": true` in `config.json` as the stock models do.
-
-    transformers consumes that flag (it enables checkpointing on the layers present, then deletes it from the config)
-    in the `post_init` that every stock `__init__` calls, which runs before our classes replace the layers, and in a
-    head before the head replaces its stock backbone. So the stock constructors do not see the flag: it is handed back
-    to the config for the `post_init` our classes call last, once their own layers are in place.
+    - `save_pretrained` names AutoConfig, AutoModel and every head in `auto_map`: transformers names only the saved
+      class (and AutoConfig), so a folder written by `save_pretrained` or `Trainer.save_model` would otherwise load
+      through that one Auto class only where the package is absent. A family's classes are `auto_model_classes()`.
+    - An old-style `"gradient_checkpointing": true` in `config.json` is honoured as the stock models honour it.
+      transformers consumes that flag (it enables checkpointing on the layers present, then deletes it) in the
+      `post_init` that every stock `__init__` calls, which runs before our classes replace the layers, and in a head
+      before the head replaces its stock backbone. So it is held back from the stock constructors and handed back for
+      the `post_init` our classes call last, once their own layers are in place.
+    - `copy.deepcopy(model)` copies the configuration before the modules, so that the copied corrections read the
+      copy's configuration (a correction copied on its own keeps reading the model's, see `Correction.__deepcopy__`).
+    - `correction_strengths()` reports the strength of every correction where it acts.
     """
 
     def __init__(self, config, *args, **kwargs):
@@ -93,9 +83,18 @@ class DeferredGradientCheckpointingMixin:
         if gradient_checkpointing:
             config.gradient_checkpointing = gradient_checkpointing
 
+    @classmethod
+    def auto_model_classes(cls) -> dict[str, type]:
+        raise NotImplementedError
 
-class CorrectionStrengthsMixin:
-    """`correction_strengths()` for the corrected models."""
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self.is_remote_code():  # only then is the modelling code copied alongside
+            self.config.auto_map = complete_auto_map(type(self.config), self.auto_model_classes())
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict):
+        copy.deepcopy(self.config, memo)
+        return deepcopy_attributes(self, memo)
 
     def correction_strengths(self) -> dict[str, dict[str, list[float]]]:
         """The effective strength of every correction where it acts, as plain floats: `{correction: {place: values}}`.

@@ -1,6 +1,6 @@
 """Strength maps: what each layer (and head) of a model with `correction_strength="learned"` asked for.
 
-`model.correction_strengths()` gives `{correction: {place: values}}` (see `CorrectionStrengthsMixin`); this module turns
+`model.correction_strengths()` gives `{correction: {place: values}}` (see `CenteredPreTrainedMixin`); this module turns
 that into a Markdown table, a heatmap (place × head, one panel per correction) and a one-line summary per correction.
 A learned strength is the configured one times its gate, so 0 means "stock here", the configured value means "the
 paper's strength", and a negative value means the opposite correction (e.g. more smoothing for centered attention).

@@ -3,6 +3,7 @@ in config.json, torch.jit.trace and the image-classification pipeline."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -355,3 +356,25 @@ def test_digits_export_classifies_pil_images_in_the_pipeline(tmp_path):
         assert [result["label"] for result in mode_results] == [result["label"] for result in results["L"]]
         scores = [result["score"] for result in mode_results]
         np.testing.assert_allclose(scores, [result["score"] for result in results["L"]], atol=1e-6)
+
+
+def test_a_strength_changed_on_the_config_reaches_the_copies_peft_trains():
+    """`modules_to_save` deep-copies the correction modules; the copies must still read the model's configuration."""
+    model = CenteredBertForSequenceClassification(bert_config(correction=["centered", "dgn"]))
+    adapted = get_peft_model(
+        model, LoraConfig(target_modules=["query", "value"], modules_to_save=finetuning.peft_modules_to_save(model))
+    ).eval()
+    inputs = bert_inputs()
+    with torch.no_grad():
+        before = adapted(**inputs).logits
+        adapted.config.centered_scale = adapted.config.dgn_lambda = 0.0
+        after = adapted(**inputs).logits
+    stock = BertForSequenceClassification(_stock_config(model.config)).eval()
+    stock.load_state_dict(adapted.merge_and_unload().state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(after, stock(**inputs).logits, atol=1e-6, rtol=0)
+    assert (after - before).abs().max() > 1e-3
+    whole_copy = copy.deepcopy(model)  # a copy of the whole model reads its own copy of the configuration
+    whole_copy.config.centered_scale = 0.5
+    assert model.config.centered_scale == 0.0
+    assert whole_copy.bert.encoder.layer[0].attention.self.corrections["centered"].config is whole_copy.config
