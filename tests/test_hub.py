@@ -299,6 +299,7 @@ def test_model_card_shows_the_learned_strengths_and_the_stock_model(tmp_path):
     assert {"correction_strengths.json", "correction_strengths.png"} <= set(
         json.loads((folder / EXPORT_MANIFEST).read_text())["files"]
     )
+    assert "github.com" not in text  # the project has no public repository to link yet
     fixed = export_for_hub(CenteredBertForSequenceClassification(bert_config()), tmp_path / "fixed")
     assert not (fixed / "correction_strengths.json").exists()
     assert "Learned correction strengths" not in (fixed / "README.md").read_text()

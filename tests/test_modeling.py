@@ -236,10 +236,13 @@ def test_eager_equals_sdpa(methods, fusion):
     assert (vit_eager - vit_sdpa).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("strength", ["fixed", "learned"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_all_padding_row_and_bf16_are_finite(implementation, dtype):
-    config = bert_config(correction=ALL_CORRECTIONS, fusion="gate", attn_implementation=implementation)
+def test_all_padding_row_and_bf16_are_finite(implementation, dtype, strength):
+    config = bert_config(
+        correction=ALL_CORRECTIONS, fusion="gate", attn_implementation=implementation, correction_strength=strength
+    )
     model = CenteredBertForSequenceClassification(config).to(dtype)
     inputs = bert_inputs()
     inputs["attention_mask"][2] = 0
@@ -250,6 +253,8 @@ def test_all_padding_row_and_bf16_are_finite(implementation, dtype):
         assert all(torch.isfinite(h).all() for h in output.hidden_states)
         output.loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        gates = [p for name, p in model.named_parameters() if "strength_gate" in name]
+        assert all(gate.grad.dtype == dtype and gate.grad.abs().sum() > 0 for gate in gates)
     vit = CenteredViTForImageClassification(vit_config(correction=ALL_CORRECTIONS, fusion="concat")).to(dtype)
     assert torch.isfinite(vit(**vit_inputs()).logits).all()
 
