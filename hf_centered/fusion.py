@@ -69,9 +69,9 @@ class LayerFusion(nn.Module):
     citation: ClassVar[str] = CITATION
     saved_activations: ClassVar[int] = 1
     """How many more `(B, n, d)` tensors backward keeps than the unfused model, in all (the tests count them): the last
-    layer's output, which the unfused model returns without keeping it. A learned gate costs one more: the difference
-    it multiplies, or with `keeps_last_and_fused` none, but then the fused output that its normalisation keeps is no
-    longer the model's output (which the head keeps anyway)."""
+    layer's output, which the unfused model returns without keeping it. A learned gate costs one more (counted by the
+    tests too): the difference it multiplies, or, with `keeps_last_and_fused`, its own output, which replaces the
+    fused output as the tensor the head keeps while the normalisation still keeps the fused one."""
     keeps_last_and_fused: ClassVar[bool] = False
     """Whether backward keeps the last layer's output and the fused output anyway (a learned gate then keeps those)."""
     starts_as_last_layer: ClassVar[bool] = False
