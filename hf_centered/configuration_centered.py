@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -15,6 +16,11 @@ from .corrections import CORRECTIONS, NO_CORRECTION, available_corrections
 from .fusion import NO_FUSION, available_fusions
 
 logger = logging.get_logger(__name__)
+
+
+# DGN keeps a (G, hidden_size) scale, shift and two running statistics: a crafted config.json must not allocate
+# gigabytes (the papers use 10 groups; PyG's examples up to 10).
+MAX_DGN_GROUPS = 1024
 
 
 def _is_number(value) -> bool:
@@ -84,8 +90,24 @@ class CorrectionConfigMixin:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`from_pretrained(path, **fields)` and `AutoConfig` set the keyword arguments after construction, past the
+        validation of `__post_init__`: they are checked here."""
+        loaded = super().from_dict(config_dict, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).validate_corrections()
+        return loaded
+
     def validate_corrections(self) -> None:
         """Checks every correction field; strict dataclasses call every `validate_*` method at construction."""
+        if isinstance(self.num_hidden_layers, bool) or not isinstance(self.num_hidden_layers, int):
+            raise ValueError(
+                f"num_hidden_layers={self.num_hidden_layers!r} is not valid: allowed values are integers >= 1."
+            )
+        if self.num_hidden_layers < 1:
+            raise ValueError(
+                f"num_hidden_layers={self.num_hidden_layers!r} is not valid: allowed values are integers >= 1."
+            )
         if isinstance(self.correction, str):
             names = [self.correction]
         elif isinstance(self.correction, (list, tuple)):
@@ -126,8 +148,15 @@ class CorrectionConfigMixin:
             raise ValueError(
                 f"contranorm_tau={self.contranorm_tau!r} is not valid: allowed values are finite numbers > 0."
             )
-        if not isinstance(self.dgn_groups, int) or isinstance(self.dgn_groups, bool) or self.dgn_groups < 1:
-            raise ValueError(f"dgn_groups={self.dgn_groups!r} is not valid: allowed values are integers >= 1.")
+        if (
+            not isinstance(self.dgn_groups, int)
+            or isinstance(self.dgn_groups, bool)
+            or not 1 <= self.dgn_groups <= MAX_DGN_GROUPS
+        ):
+            raise ValueError(
+                f"dgn_groups={self.dgn_groups!r} is not valid: allowed values are integers 1..{MAX_DGN_GROUPS} (each "
+                "group has a (hidden_size,) scale, shift and running statistics)."
+            )
         if not _is_number(self.dgn_momentum) or not 0 <= self.dgn_momentum <= 1:
             raise ValueError(f"dgn_momentum={self.dgn_momentum!r} is not valid: allowed values are in [0, 1].")
         if self.correction_strength not in STRENGTH_MODES:
@@ -156,6 +185,23 @@ class CorrectionConfigMixin:
             raise ValueError(
                 "is_decoder=True / add_cross_attention=True are not valid: the corrected models are encoders; "
                 "allowed values are False."
+            )
+
+    def structure(self) -> dict[str, object]:
+        """The fields that decide which modules and parameters a model builds; the others (the strengths, τ, DGN's
+        momentum) are read at every call. A model compares it with its own at each forward and save."""
+        fields = ("correction", "correction_layers", "fusion", "correction_strength", "dgn_groups")
+        fields += ("num_hidden_layers", "hidden_size", "num_attention_heads")
+        return {name: copy.deepcopy(getattr(self, name)) for name in fields}
+
+    def check_structure(self, built: dict[str, object]) -> None:
+        """Raises when a field of `structure()` differs from `built`, the structure a model was built with."""
+        changed = [name for name, value in built.items() if getattr(self, name) != value]
+        if changed:
+            described = ", ".join(f"{name}={getattr(self, name)!r} (built with {built[name]!r})" for name in changed)
+            raise ValueError(
+                f"{described}: this field decides which modules the model has, so it cannot change on a built model; "
+                "allowed: build a new one, e.g. from_pretrained(folder, **fields) with the new value."
             )
 
     @property

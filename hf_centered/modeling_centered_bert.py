@@ -173,6 +173,7 @@ class CenteredBertEncoder(BertEncoder):
         self.layer = nn.ModuleList([CenteredBertLayer(config, i) for i in range(config.num_hidden_layers)])
         self.fusion = build_fusion(config)
         self.needs_first_values = needs_first_values(config)
+        self.built_structure = config.structure()
 
     def forward(
         self,
@@ -181,6 +182,7 @@ class CenteredBertEncoder(BertEncoder):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
+        self.config.check_structure(self.built_structure)
         padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
         key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, hidden_states.shape[0])
         first_values = self.layer[0].attention.self.project_values(hidden_states) if self.needs_first_values else None

@@ -158,6 +158,7 @@ class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
+        self.config.check_structure(self.built_structure)
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         if pixel_values.dtype != expected_dtype:
             pixel_values = pixel_values.to(expected_dtype)

@@ -73,6 +73,8 @@ class CenteredPreTrainedMixin:
     - `copy.deepcopy(model)` copies the configuration before the modules, so that the copied corrections read the
       copy's configuration (a correction copied on its own keeps reading the model's, see `Correction.__deepcopy__`).
     - `correction_strengths()` reports the strength of every correction where it acts.
+    - `save_pretrained` refuses a configuration changed in a field that decides the modules (`structure()`) or made
+      invalid since the model was built; every forward checks the structure too.
     """
 
     def __init__(self, config, *args, **kwargs):
@@ -82,12 +84,16 @@ class CenteredPreTrainedMixin:
         super().__init__(config, *args, **kwargs)
         if gradient_checkpointing:
             config.gradient_checkpointing = gradient_checkpointing
+        self.built_structure = config.structure()
 
     @classmethod
     def auto_model_classes(cls) -> dict[str, type]:
         raise NotImplementedError
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        # What is saved must be what this model computes: its configuration's structure unchanged, every field valid.
+        self.config.check_structure(self.built_structure)
+        self.config.validate_corrections()
         if self.is_remote_code():  # only then is the modelling code copied alongside
             self.config.auto_map = complete_auto_map(type(self.config), self.auto_model_classes())
         return super().save_pretrained(save_directory, *args, **kwargs)

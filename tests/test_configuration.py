@@ -58,6 +58,20 @@ INVALID = [
     ("strength_gate_scale", 0),
     ("strength_gate_scale", -1.0),
     ("strength_gate_scale", float("inf")),
+    ("dgn_groups", 10**8),
+    ("num_hidden_layers", 0),
+    ("num_hidden_layers", -2),
+]
+# Values that used to pass `from_pretrained(path, **fields)` and `AutoConfig` unchecked, then crash (or allocate
+# gigabytes) when the model was built.
+LATE_INVALID = [
+    ("centered_scale", -1),
+    ("correction_layers", [7]),
+    ("correction_layers", [0, 0]),
+    ("correction", ["none", "centered"]),
+    ("fusion", "mean"),
+    ("dgn_groups", 10**8),
+    ("num_hidden_layers", 0),
 ]
 
 
@@ -72,7 +86,7 @@ def test_api_defaults(config_class):
 @pytest.mark.parametrize("config_class", CONFIG_CLASSES)
 def test_invalid_value_raises_value_error_naming_the_field(config_class, field, value):
     with pytest.raises(ValueError, match=field) as error:
-        config_class(num_hidden_layers=3, **{field: value})
+        config_class(**{"num_hidden_layers": 3, field: value})
     assert "allowed" in str(error.value) or "twice" in str(error.value) or "combines" in str(error.value)
 
 
@@ -84,6 +98,23 @@ def test_learned_strength_refuses_a_zero_strength_it_could_never_move(name):
     CenteredBertConfig(correction=[name], **{field: 0.0})  # fixed: 0 is the stock model
     other = "dgn" if name != "dgn" else "centered"
     CenteredBertConfig(correction=[other], correction_strength="learned", **{field: 0.0})  # unused field
+
+
+@pytest.mark.parametrize(("field", "value"), LATE_INVALID, ids=[f"{f}={v!r}" for f, v in LATE_INVALID])
+@pytest.mark.parametrize("path", ["from_pretrained", "AutoConfig", "from_dict", "stock folder"])
+@pytest.mark.parametrize("config_class", CONFIG_CLASSES)
+def test_every_path_that_builds_a_config_validates_it(tmp_path, config_class, path, field, value):
+    config_class(num_hidden_layers=3).save_pretrained(tmp_path / "ours")
+    stock_class = BertConfig if config_class is CenteredBertConfig else ViTConfig
+    stock_class(num_hidden_layers=3).save_pretrained(tmp_path / "stock")
+    builders = {
+        "from_pretrained": lambda: config_class.from_pretrained(tmp_path / "ours", **{field: value}),
+        "AutoConfig": lambda: AutoConfig.from_pretrained(tmp_path / "ours", **{field: value}),
+        "from_dict": lambda: config_class.from_dict({**config_class(num_hidden_layers=3).to_dict(), field: value}),
+        "stock folder": lambda: config_class.from_pretrained(tmp_path / "stock", **{field: value}),
+    }
+    with pytest.raises(ValueError, match=field):
+        builders[path]()
 
 
 def test_bert_must_stay_an_encoder():

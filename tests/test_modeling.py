@@ -174,6 +174,40 @@ def test_a_strength_changed_on_the_config_takes_effect():
     assert max_real_token_diff(corrected, expected, inputs["attention_mask"]) > 1e-3
 
 
+STRUCTURAL_CHANGES = [
+    ("correction", ["centered", "dgn"]),
+    ("correction_layers", [0]),
+    ("fusion", "gate"),
+    ("correction_strength", "learned"),
+    ("dgn_groups", 4),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), STRUCTURAL_CHANGES, ids=[f for f, _ in STRUCTURAL_CHANGES])
+@pytest.mark.parametrize("architecture", ["bert", "vit"])
+def test_a_structural_field_changed_on_a_built_model_raises(tmp_path, architecture, field, value):
+    """The configuration is the single source of truth: what cannot take effect (the modules are built) raises at the
+    next forward and at save_pretrained, instead of saving a config.json that the weights do not match."""
+    if architecture == "bert":
+        model, inputs = CenteredBertForSequenceClassification(bert_config(correction="centered")), bert_inputs()
+    else:
+        model, inputs = CenteredViTForImageClassification(vit_config(correction="centered")), vit_inputs()
+    model(**inputs)
+    setattr(model.config, field, value)
+    with pytest.raises(ValueError, match=f"{field}=.* \\(built with .*cannot change on a built model"):
+        model(**inputs)
+    with pytest.raises(ValueError, match=field):
+        model.save_pretrained(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_invalid_strength_set_on_a_built_model_is_not_saved(tmp_path):
+    model = CenteredBertModel(bert_config(correction="centered"))
+    model.config.centered_scale = -1.0
+    with pytest.raises(ValueError, match=r"centered_scale=-1\.0 is not valid"):
+        model.save_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize("methods", [["dgn"], ALL_CORRECTIONS], ids="+".join)
 def test_converting_a_stock_checkpoint_with_learned_strengths_initialises_the_gates(tmp_path, methods):
     """The gates are new parameters: `_init_weights` sets them to 0 (not leftover memory), and the converted model
