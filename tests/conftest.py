@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,6 +39,16 @@ VIT_SIZES = dict(
     num_hidden_layers=3,
     num_attention_heads=4,
     intermediate_size=37,
+)
+# A ViT for the 8×8 one-channel digits, small enough for a few training steps in a test.
+TINY_DIGITS_VIT = dict(
+    image_size=8,
+    patch_size=4,
+    num_channels=1,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=20,
 )
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 # Strengths large enough for every correction to change the outputs visibly.
@@ -82,6 +97,24 @@ def max_real_token_diff(first: torch.Tensor, second: torch.Tensor, attention_mas
     seq_len = attention_mask.shape[1]
     real = attention_mask.bool()
     return (first[:, :seq_len][real] - second[:, :seq_len][real]).abs().max().item()
+
+
+def run_without_the_package(tmp_path: Path, script: str, *args: str) -> dict:
+    """Runs `script` in a fresh process where hf_centered cannot be imported (what a Hub user without the package
+    has); returns its last line of output, parsed as JSON."""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    prelude = 'import sys\nsys.modules["hf_centered"] = None  # an editable install would otherwise stay importable\n'
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import TINY_DIGITS_VIT
 from datasets import Dataset, DatasetDict
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
@@ -44,15 +45,6 @@ WORDS = [
     "the",
     "is",
 ]
-TINY_VIT = {
-    "image_size": 8,
-    "patch_size": 4,
-    "num_channels": 1,
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 20,
-}
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +195,7 @@ def test_the_embedded_default_compares_with_the_stock_model(assets, tmp_path, ca
 
 def test_digits_vit_from_scratch(tmp_path):
     output_dir = tmp_path / "vit"
-    argv = ["--dataset_name", "digits", "--architecture", json.dumps(TINY_VIT), "--correction", "dgn"]
+    argv = ["--dataset_name", "digits", "--architecture", json.dumps(TINY_DIGITS_VIT), "--correction", "dgn"]
     argv += ["--max_steps", "3", "--per_device_train_batch_size", "8", "--max_eval_samples", "40"]
     argv += ["--output_dir", str(output_dir), "--learning_rate", "1e-3", "--no_baseline"]
     args = parse_arguments(argv)

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import bert_config, bert_inputs, vit_config, vit_inputs
+from conftest import bert_config, bert_inputs, run_without_the_package, vit_config, vit_inputs
 from huggingface_hub import HfApi, ModelCard
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
@@ -28,10 +24,7 @@ from hf_centered.hub import EXPORT_MANIFEST
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-LOAD_WITHOUT_PACKAGE = textwrap.dedent(
-    """
-    import sys
-    sys.modules["hf_centered"] = None  # an editable install would otherwise stay importable
+LOAD_WITHOUT_PACKAGE = """
     import json, torch
     import transformers
     folder, auto_class = sys.argv[1], sys.argv[2]
@@ -43,23 +36,7 @@ LOAD_WITHOUT_PACKAGE = textwrap.dedent(
     torch.save(output.logits, folder + "/../remote_logits.pt")
     base = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
     print(json.dumps({"class": type(model).__name__, "base": type(base).__name__}))
-    """
-)
-
-
-def _load_in_fresh_process(tmp_path: Path, folder: Path, auto_class: str) -> dict:
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_PACKAGE, str(folder), auto_class],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+"""
 
 
 def _move_learned_gates(model: torch.nn.Module) -> None:
@@ -103,7 +80,7 @@ def test_export_reloads_without_the_package(tmp_path, family, auto_class, streng
     for reference in auto_map.values():
         assert (folder / (reference.split(".")[0] + ".py")).is_file()
 
-    loaded = _load_in_fresh_process(tmp_path, folder, auto_class)
+    loaded = run_without_the_package(tmp_path, LOAD_WITHOUT_PACKAGE, str(folder), auto_class)
     assert loaded["class"] == type(model).__name__
     assert loaded["base"] == ("CenteredBertModel" if family == "bert" else "CenteredViTModel")
     assert torch.equal(torch.load(tmp_path / "remote_logits.pt"), expected)

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CORRECTIONS, FUSIONS, bert_config, bert_inputs, pad_more, vit_config, vit_inputs
+from conftest import (
+    CORRECTIONS,
+    FUSIONS,
+    TINY_DIGITS_VIT,
+    bert_config,
+    bert_inputs,
+    pad_more,
+    run_without_the_package,
+    vit_config,
+    vit_inputs,
+)
 from peft import IA3Config, LoraConfig, PrefixTuningConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
@@ -180,23 +185,6 @@ def test_a_frozen_dgn_keeps_its_running_statistics():
     assert not torch.equal(trainable.bert.encoder.layer[0].corrections["dgn"].running_mean, running_mean)
 
 
-def _run_without_the_package(tmp_path: Path, script: str, *args: str) -> dict:
-    """Runs `script` in a fresh process where hf_centered cannot be imported; returns its last line, parsed as JSON."""
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    env.pop("PYTHONPATH", None)
-    prelude = 'import sys\nsys.modules["hf_centered"] = None  # an editable install would otherwise stay importable\n'
-    result = subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(script), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 LOAD_WITH_EVERY_AUTO_CLASS = """
     import json, transformers
     loaded = {}
@@ -234,7 +222,7 @@ def test_trainer_and_save_pretrained_folders_load_with_every_auto_class_without_
         auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
         assert {name: reference.rsplit(".", 1)[-1] for name, reference in auto_map.items()} == classes
     wanted = {f"{folder}::{auto}": name for folder, classes in expected.items() for auto, name in classes.items()}
-    assert _run_without_the_package(tmp_path, LOAD_WITH_EVERY_AUTO_CLASS, *wanted) == wanted
+    assert run_without_the_package(tmp_path, LOAD_WITH_EVERY_AUTO_CLASS, *wanted) == wanted
 
 
 def _checkpointing_flags_and_recomputations(model: torch.nn.Module, inputs: dict) -> tuple[list[bool], int]:
@@ -310,16 +298,6 @@ def test_torch_jit_trace_of_every_method_gives_the_eager_outputs_and_saves(tmp_p
             torch.testing.assert_close(reloaded(**inputs)["logits"], expected, atol=1e-6, rtol=0)
 
 
-TINY_DIGITS_VIT = {
-    "image_size": 8,
-    "patch_size": 4,
-    "num_channels": 1,
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 20,
-}
-
 CLASSIFY_WITHOUT_THE_PACKAGE = """
     import json
     from PIL import Image
@@ -351,7 +329,7 @@ def test_digits_export_classifies_pil_images_in_the_pipeline(tmp_path):
         torch.testing.assert_close(pixel_values, trained_pixels, atol=1 / 255, rtol=0)  # 8-bit rounding
         results[mode] = classify(image, top_k=10)
         assert {result["label"] for result in results[mode]} == {str(digit) for digit in range(10)}
-    remote = _run_without_the_package(tmp_path, CLASSIFY_WITHOUT_THE_PACKAGE, str(output_dir), str(image_file))
+    remote = run_without_the_package(tmp_path, CLASSIFY_WITHOUT_THE_PACKAGE, str(output_dir), str(image_file))
     for mode_results in (results["RGB"], remote["L"], remote["RGB"]):
         assert [result["label"] for result in mode_results] == [result["label"] for result in results["L"]]
         scores = [result["score"] for result in mode_results]
