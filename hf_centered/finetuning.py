@@ -983,6 +983,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     """
     args = parse_arguments(argv)
     check_output_dir(args)
+    resolve_base_config(args)  # the corrected configuration is checked before the stock baseline trains
     baseline = None
     if args.output.baseline and is_corrected(args):
         stock_args = baseline_arguments(args)

@@ -504,6 +504,8 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("missing_column", r"column\(s\) \['sentiment'\] not found .*columns are \['sentence', 'label'\]"),
         ("label_out_of_range", r"label value\(s\) \[5\] lie outside 0..1 \(num_labels=2\)"),
         ("unknown_correction", r"unknown correction\(s\) \['centred'\]"),
+        ("none_with_a_correction", r"correction=\['none', 'centered'\] combines 'none' with other corrections"),
+        ("negative_strength", r"centered_scale=-1.0 is not valid: allowed values are finite numbers >= 0"),
         ("negative_profile_sequences", r"profile_sequences=-1 must be >= 0"),
         ("lora_from_scratch", r"--use_lora adapts pretrained weights"),
         ("missing_checkpoint", r"resume_from_checkpoint='last': no complete checkpoint in"),
@@ -545,6 +547,10 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         argv += ["--train_file", str(bad), "--validation_file", str(bad), "--num_labels", "2"]
     elif case == "unknown_correction":
         argv += ["--correction", "centred"]
+    elif case == "none_with_a_correction":  # with the stock baseline on: it must not train first
+        argv += ["--correction", "none", "centered", "--baseline"]
+    elif case == "negative_strength":
+        argv += ["--centered_scale", "-1", "--baseline"]
     elif case == "lora_from_scratch":
         argv += ["--use_lora", "--architecture", json.dumps({"hidden_size": 16})]
     elif case == "negative_profile_sequences":
@@ -573,6 +579,11 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         output_dir.mkdir()
         (output_dir / finetuning.RUN_RECORD).write_text(json.dumps(finetuning.run_record(parse_arguments(argv))))
         argv += ["--learning_rate", "0.5"]
+    def contents() -> list[str]:
+        return sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+
     monkeypatch.setattr(Trainer, "train", training_must_not_start)
+    before = contents()
     with pytest.raises(SystemExit, match=message):
         main(argv)
+    assert contents() == before  # nothing written
