@@ -7,7 +7,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .configuration_centered import CorrectionConfigMixin
+from .configuration_centered import CorrectionConfigMixin, field_help
+from .correction_base import STRENGTH_MODES
 from .corrections import available_corrections
 from .fusion import available_fusions
 
@@ -39,9 +40,13 @@ def add_correction_arguments(parser: argparse.ArgumentParser) -> None:
         elif field.name == "correction_layers":
             parser.add_argument(flag, nargs="+", type=int, help="0-based layers the corrections act in (default all)")
         elif field.name == "fusion":
-            parser.add_argument(flag, choices=available_fusions())
+            parser.add_argument(flag, choices=available_fusions(), help="fusion of the layer outputs (default none)")
         else:
-            parser.add_argument(flag, type=CORRECTION_FIELD_TYPES.get(field.type, float))
+            help_text = f"{field_help(field.name)} (default: the checkpoint's, else {field.default})"
+            if field.name == "correction_strength":
+                parser.add_argument(flag, choices=STRENGTH_MODES, help=help_text)
+            else:
+                parser.add_argument(flag, type=CORRECTION_FIELD_TYPES.get(field.type, float), help=help_text)
 
 
 def correction_overrides(args: argparse.Namespace) -> dict:
@@ -118,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", help="local folder or Hub id of a BERT/ViT (or hf_centered) checkpoint")
     export.add_argument("out", help="destination folder (must be empty unless --overwrite)")
     export.add_argument("--task", choices=sorted(TASKS), help="head to export (default: the checkpoint's own)")
-    export.add_argument("--num-labels", type=int)
-    export.add_argument("--model-name")
+    export.add_argument("--num-labels", type=int, help="classes of a new classification head")
+    export.add_argument("--model-name", help="title of the model card (default: the folder name)")
     export.add_argument("--model-id", help="Hub repository id shown in the model card")
     export.add_argument("--base-model", help="Hub id of the base model for the model card")
     export.add_argument(
@@ -127,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write into a non-empty OUT: an earlier export's files there are replaced or removed, other files stay",
     )
-    export.add_argument("--trust-remote-code", action="store_true")
+    export.add_argument(
+        "--trust-remote-code", action="store_true", help="allow a checkpoint whose configuration needs custom code"
+    )
     add_correction_arguments(export)
     export.set_defaults(handler=run_export)
 

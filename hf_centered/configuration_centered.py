@@ -32,6 +32,19 @@ def _allowed(names) -> str:
     return ", ".join(repr(name) for name in names)
 
 
+def field_help(name: str) -> str:
+    """One line on a correction field, for command-line help."""
+    for correction in CORRECTIONS.values():
+        if name == correction.strength_field:
+            return f"strength of {correction.name} (0 = the stock model)"
+        if name in correction.hyperparameters:
+            return f"{correction.name}'s {name.split('_', 1)[1]}"
+    return {
+        "correction_strength": f"{_allowed(STRENGTH_MODES)}: fixed strengths, or learned gates that start at 0",
+        "strength_gate_scale": "a learned gate is this times its parameter: its learning-rate multiplier",
+    }.get(name, name)
+
+
 @dataclass(repr=False)
 class CorrectionConfigMixin:
     """The fields of api.md shared by both configurations, their validation and normalisation.

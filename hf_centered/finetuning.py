@@ -1,8 +1,9 @@
 """Fine-tuning with the Trainer: one YAML file plus command-line overrides, offline data, LoRA, Hub-ready output.
 
-`python finetune.py` (no arguments) fine-tunes the packaged all-MiniLM-L6-v2 with centered attention on Rotten
-Tomatoes; `python finetune.py --config configs/<name>.yaml [--field value ...]` runs a named configuration, the
-command line winning over the file. The same script runs under `torchrun` and `accelerate launch`.
+`python finetune.py` (no arguments) fine-tunes the packaged all-MiniLM-L6-v2 with centered attention (learned
+strengths) on Rotten Tomatoes, beside the stock model under the same setup; `python finetune.py --config
+configs/<name>.yaml [--field value ...]` runs a named configuration, the command line winning over the file. The same
+script runs under `torchrun` and `accelerate launch`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from transformers.trainer_utils import SaveStrategy
 from . import data as offline_data
 from .auto import peft_modules_to_save
 from .cli import CORRECTION_FIELD_TYPES
-from .configuration_centered import CenteredBertConfig, CenteredViTConfig, CorrectionConfigMixin
+from .configuration_centered import CenteredBertConfig, CenteredViTConfig, CorrectionConfigMixin, field_help
 from .corrections import NO_CORRECTION, available_corrections
 from .diagnostics import Profile, oversmoothing_profile
 from .fusion import NO_FUSION, available_fusions
@@ -140,7 +141,7 @@ def _correction_argument(config_field: dataclasses.Field) -> tuple[str, Any, dat
         help_text = f"Fusion of the layer outputs, among {', '.join(available_fusions())}."
         return name, str, field(default=config_field.default, metadata={"help": help_text})
     value_type = CORRECTION_FIELD_TYPES.get(config_field.type, float)
-    return name, value_type, field(default=config_field.default, metadata={"help": f"Configuration field `{name}`."})
+    return name, value_type, field(default=config_field.default, metadata={"help": field_help(name)})
 
 
 # Generated from the configuration's dataclass so that a new correction field needs no change here.
@@ -313,14 +314,25 @@ def parse_arguments(argv: list[str] | None = None) -> FinetuneArguments:
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("--config")
     known, remaining = config_parser.parse_known_args(argv)
-    if known.config is None:
-        base_tokens = yaml_to_argv(EMBEDDED_DEFAULT, "the embedded default")
-    else:
-        base_tokens = yaml_to_argv(read_config_file(known.config), known.config)
+    base = EMBEDDED_DEFAULT if known.config is None else read_config_file(known.config)
+    base_tokens = yaml_to_argv(base, "the embedded default" if known.config is None else known.config)
     if not has_accelerator():
         # Without use_cpu, accelerate treats CPU processes under torchrun as independent runs (no DDP, no sharding).
         base_tokens = ["--use_cpu", "true", "--dataloader_pin_memory", "false", *base_tokens]
-    parser = FinetuneParser(ARGUMENT_CLASSES)
+    parser = FinetuneParser(
+        ARGUMENT_CLASSES,
+        prog="finetune.py",
+        description=__doc__.split("\n\n", 1)[1].strip(),
+        epilog="Defaults shown are those of the configuration in use (the embedded default, or --config FILE).",
+    )
+    parser.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="YAML file of options (configs/*.yaml); the options given after it win. Default: the embedded default, "
+        "configs/default.yaml.",
+    )
+    # Only for --help, which would show TrainingArguments' own defaults: the tokens below set the same values.
+    parser.set_defaults(**{name: value for name, value in base.items() if value is not None})
     # Later tokens win in argparse, so the command line overrides the file.
     blocks = parser.parse_args_into_dataclasses(args=base_tokens + remaining)
     args = FinetuneArguments(*blocks)

@@ -227,6 +227,21 @@ def test_yaml_then_command_line_overrides(tmp_path):
     assert args.data.dataset_name == "bbc_news" and args.data.max_train_samples is None  # no embedded default
 
 
+def test_help_names_config_and_shows_the_defaults_that_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_arguments(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--config CONFIG YAML file of options" in text
+    assert "The initial learning rate for the optimizer. (default: 0.0002)" in text  # not TrainingArguments' 5e-05
+    assert "learned gates that start at 0 (default: learned)" in text
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({"learning_rate": 0.003, "dataset_name": "bbc_news"}))
+    with pytest.raises(SystemExit):
+        parse_arguments(["--config", str(config_file), "--help"])
+    assert "optimizer. (default: 0.003)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_unknown_yaml_keys_are_named(tmp_path):
     config_file = tmp_path / "bad.yaml"
     config_file.write_text(yaml.safe_dump({"dataset_name": "digits", "learnin_rate": 1.0, "colour": "red"}))
@@ -579,6 +594,7 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         output_dir.mkdir()
         (output_dir / finetuning.RUN_RECORD).write_text(json.dumps(finetuning.run_record(parse_arguments(argv))))
         argv += ["--learning_rate", "0.5"]
+
     def contents() -> list[str]:
         return sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
 

@@ -295,3 +295,12 @@ def test_model_card_takes_a_computed_profile(tmp_path):
     text = ModelCard.load(folder / "README.md").text
     assert "over 6 sequences" in text and f"{profile['effective_rank'][-1]:.3f}" in text
     assert (folder / "oversmoothing_profile.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_every_export_option_is_explained():
+    from hf_centered.cli import build_parser
+
+    subparsers = next(action for action in build_parser()._actions if action.dest == "command")
+    export = subparsers.choices["export"]
+    unexplained = [action.dest for action in export._actions if not action.help]
+    assert not unexplained
