@@ -24,11 +24,11 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 from transformers.utils import logging
 
-from hf_centered.data import DIGITS_MAX_VALUE, digits, rotten_tomatoes
+from hf_centered.data import DIGITS_MAX_VALUE, bbc_news, digits, rotten_tomatoes
 from hf_centered.diagnostics import METRIC_TITLES, Profile, oversmoothing_profile, plot_profiles
 from hf_centered.strength_maps import has_learned_strengths, plot_strength_map, save_strengths, strength_table
 
-TEXT_DATASETS = ("rotten_tomatoes",)
+TEXT_DATASETS = ("rotten_tomatoes", "bbc_news")  # the built-in text datasets of finetune.py
 IMAGE_DATASETS = ("digits",)
 # Metrics shown in the printed table; profile.json has all of them.
 TABLE_METRICS = ("cosine_similarity", "effective_rank", "effective_rank_centered", "rank_collapse_residual")
@@ -163,8 +163,8 @@ def _load_inputs(args: argparse.Namespace) -> tuple[list[str] | None, np.ndarray
         if not texts:
             raise DiagnoseInputError(f"--text-file {args.text_file} has no non-empty line")
         return texts[: args.max_sequences], None, args.text_file.name
-    if args.dataset == "rotten_tomatoes":
-        texts, _, _ = rotten_tomatoes()
+    if args.dataset in TEXT_DATASETS:
+        texts = (rotten_tomatoes if args.dataset == "rotten_tomatoes" else bbc_news)()[0]
         return _spread(texts, args.max_sequences), None, args.dataset
     if args.dataset == "digits":
         images, _ = digits()

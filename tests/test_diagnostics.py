@@ -35,6 +35,7 @@ from hf_centered.diagnostics import (
     oversmoothing_profile,
     plot_profiles,
 )
+from hf_centered.finetuning import TEXT_DATASETS as FINETUNE_TEXT_DATASETS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -501,11 +502,12 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_on_pretrained_minilm(tmp_path):
+@pytest.mark.parametrize("dataset", FINETUNE_TEXT_DATASETS)  # every built-in text dataset that finetune.py takes
+def test_cli_on_pretrained_minilm(tmp_path, dataset):
     result = run_cli(
         str(minilm_dir()),
         "--dataset",
-        "rotten_tomatoes",
+        dataset,
         "--max-sequences",
         "16",
         "--out",
@@ -517,7 +519,7 @@ def test_cli_on_pretrained_minilm(tmp_path):
     profiles = json.loads((tmp_path / "profile.json").read_text())
     assert list(profiles) == ["minilm"]
     minilm = profiles["minilm"]
-    assert minilm["num_sequences"] == 16 and minilm["num_layers"] == 6 and minilm["dataset"] == "rotten_tomatoes"
+    assert minilm["num_sequences"] == 16 and minilm["num_layers"] == 6 and minilm["dataset"] == dataset
     for name in METRICS:
         assert len(minilm[name]) == 7
     assert_png(tmp_path / "profile.png")
