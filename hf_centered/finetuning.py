@@ -719,10 +719,23 @@ def load_classification_data(args: FinetuneArguments, config, modality: str, tok
     for split, dataset in raw.items():
         if len(dataset) == 0:
             fail(f"the {split} data hold no examples")
-    num_labels = args.model.num_labels or (
-        len(label_names) if label_names else 1 + max(max(split["label"]) for split in raw.values())
-    )
-    check_label_range(raw, num_labels)
+    classes = sorted(set(raw["train"]["label"]))
+    if len(classes) < 2:
+        # transformers would build a one-output regression head and report a meaningless accuracy of 1.0
+        only = label_names[classes[0]] if label_names else classes[0]
+        fail(f"the training data hold a single class ({only!r}); classification needs at least two")
+    data_classes = len(label_names) if label_names else 1 + max(max(split["label"]) for split in raw.values())
+    num_labels = data_classes if args.model.num_labels is None else args.model.num_labels
+    if num_labels < 2:
+        fail(f"num_labels={num_labels} is not valid: allowed values are integers >= 2 (the data have {data_classes})")
+    if label_names is None:
+        check_label_range(raw, num_labels)
+    if num_labels != data_classes:
+        described = ", ".join(label_names) if label_names else f"class ids 0..{data_classes - 1}"
+        fail(
+            f"num_labels={num_labels} does not match the data, which have {data_classes} classes ({described}); "
+            "leave --num_labels out to take it from the data"
+        )
     if label_names is None or len(label_names) != num_labels:
         label_names = [f"LABEL_{i}" for i in range(num_labels)]
     train = subsample(raw["train"], data_args.max_train_samples, seed)

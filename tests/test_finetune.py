@@ -522,6 +522,9 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("none_with_a_correction", r"correction=\['none', 'centered'\] combines 'none' with other corrections"),
         ("negative_strength", r"centered_scale=-1.0 is not valid: allowed values are finite numbers >= 0"),
         ("negative_profile_sequences", r"profile_sequences=-1 must be >= 0"),
+        ("single_class", r"the training data hold a single class \('pos'\); classification needs at least two"),
+        ("too_many_labels", r"num_labels=3 does not match the data, which have 2 classes \(neg, pos\)"),
+        ("zero_labels", r"num_labels=0 is not valid: allowed values are integers >= 2 \(the data have 2\)"),
         ("lora_from_scratch", r"--use_lora adapts pretrained weights"),
         ("missing_checkpoint", r"resume_from_checkpoint='last': no complete checkpoint in"),
         ("half_written_checkpoint", r"checkpoint-4' is not a complete checkpoint: trainer_state.json is missing"),
@@ -568,6 +571,13 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         argv += ["--centered_scale", "-1", "--baseline"]
     elif case == "lora_from_scratch":
         argv += ["--use_lora", "--architecture", json.dumps({"hidden_size": 16})]
+    elif case == "single_class":
+        one_class = _write_csv(tmp_path / "one.csv", [("good film", "pos"), ("great plot", "pos")])
+        argv += ["--train_file", str(one_class), "--validation_file", str(one_class)]
+    elif case == "too_many_labels":
+        argv += ["--num_labels", "3"]
+    elif case == "zero_labels":
+        argv += ["--num_labels", "0"]
     elif case == "negative_profile_sequences":
         argv += ["--profile_sequences", "-1"]
     elif case == "missing_checkpoint":
