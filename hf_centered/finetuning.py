@@ -545,7 +545,12 @@ def check_output_dir(args: FinetuneArguments) -> None:
     record_path = output_dir / RUN_RECORD
     if not record_path.is_file():
         fail(f"output_dir {output_dir} is not empty and holds no fine-tuning run; pass --overwrite to write there")
-    previous = json.loads(record_path.read_text())
+    try:
+        previous = json.loads(record_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        previous = None
+    if not isinstance(previous, dict):
+        fail(f"{record_path} is damaged (not a JSON object of options); pass --overwrite or choose another output_dir")
     current = run_record(args)
     changed = sorted(key for key in previous.keys() | current.keys() if previous.get(key) != current.get(key))
     if changed:
@@ -640,10 +645,18 @@ def load_external_dataset(data_args: DataArguments, seed: int) -> DatasetDict:
         builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}.get(extension)
         if builder is None:
             fail(f"unsupported data file type .{extension}; use .csv, .json, .jsonl or .parquet")
-        try:
-            raw = load_dataset(builder, data_files=data_files)
-        except Exception as error:  # the loaders raise many types for unreadable files
-            fail(f"cannot read the data files {list(data_files.values())}: {str(error).splitlines()[0]}")
+        splits = {}
+        for split, path in data_files.items():  # one at a time, so that an error names its file and columns
+            try:
+                splits[split] = load_dataset(builder, data_files={split: path}, split=split)
+            except Exception as error:  # the loaders raise many types for unreadable files
+                cause: BaseException | None = error
+                while cause is not None and not isinstance(cause, UnicodeDecodeError):
+                    cause = cause.__cause__ or cause.__context__
+                if cause is not None:
+                    fail(f"data file {path} is not UTF-8 text; save it as UTF-8")
+                fail(f"cannot read the data file {path}: {str(error).splitlines()[0]}")
+        raw = DatasetDict(splits)
     else:
         try:
             raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
@@ -663,6 +676,10 @@ def load_external_dataset(data_args: DataArguments, seed: int) -> DatasetDict:
         if missing:
             fail(f"column(s) {missing} not found in the {split} data; its columns are {dataset.column_names}")
     raw = raw.select_columns([data_args.text_column, data_args.label_column])
+    for split, dataset in raw.items():
+        empty = [i for i, text in enumerate(dataset[data_args.text_column]) if text is None or not str(text).strip()]
+        if empty:
+            fail(f"{len(empty)} empty text(s) in the {split} data (rows {empty[:5]}); remove or fill them")
     # pandas gives large_string for csv/parquet text but string for json: one type for both splits
     raw = raw.cast_column(data_args.text_column, Value("string"))
     return raw.rename_columns({data_args.text_column: "text", data_args.label_column: "label"})
@@ -678,6 +695,12 @@ def normalise_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str] | None]:
         fail("the label column has empty values")
     if all(isinstance(value, str) for value in values):
         label_names = sorted(set(raw["train"]["label"]))
+        by_case: dict[str, list[str]] = {}
+        for name in label_names:
+            by_case.setdefault(name.strip().lower(), []).append(name)
+        clashing = [names for names in by_case.values() if len(names) > 1]
+        if clashing:
+            fail(f"class names {clashing[0]} differ only in case or spaces; write each class the same way")
         unseen = sorted(set(values) - set(label_names))
         if unseen:
             fail(f"evaluation labels {unseen} never occur in the training data")
@@ -686,7 +709,8 @@ def normalise_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str] | None]:
         features["label"] = Value("int64")  # map alone would keep the string type and store "0", "1"
         return raw.map(lambda row: {"label": label_ids[row["label"]]}, features=features), label_names
     if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
-        fail("labels must be integer class ids or class names")
+        kinds = sorted({type(value).__name__ for value in values})
+        fail(f"labels must be all integer class ids or all class names, got a mix of {', '.join(kinds)}")
     return raw, None
 
 

@@ -514,7 +514,7 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
     ("case", "message"),
     [
         ("missing_file", r"data file .*nowhere.csv does not exist"),
-        ("unreadable_file", r"cannot read the data files"),
+        ("unreadable_file", r"cannot read the data file .*broken.parquet"),
         ("unknown_dataset", r"unknown dataset 'no_such_dataset_xyz'"),
         ("missing_column", r"column\(s\) \['sentiment'\] not found .*columns are \['sentence', 'label'\]"),
         ("label_out_of_range", r"label value\(s\) \[5\] lie outside 0..1 \(num_labels=2\)"),
@@ -522,6 +522,12 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("none_with_a_correction", r"correction=\['none', 'centered'\] combines 'none' with other corrections"),
         ("negative_strength", r"centered_scale=-1.0 is not valid: allowed values are finite numbers >= 0"),
         ("negative_profile_sequences", r"profile_sequences=-1 must be >= 0"),
+        ("case_differing_labels", r"class names \['Pos', 'pos'\] differ only in case or spaces"),
+        ("names_and_ids", r"labels must be all integer class ids or all class names, got a mix of int, str"),
+        ("empty_text", r"1 empty text\(s\) in the train data \(rows \[1\]\)"),
+        ("other_validation_columns", r"column\(s\) \['sentiment'\] not found in the validation data; its columns"),
+        ("not_utf8", r"data file .*latin1.csv is not UTF-8 text"),
+        ("damaged_record", r"finetune_args.json is damaged"),
         ("single_class", r"the training data hold a single class \('pos'\); classification needs at least two"),
         ("too_many_labels", r"num_labels=3 does not match the data, which have 2 classes \(neg, pos\)"),
         ("zero_labels", r"num_labels=0 is not valid: allowed values are integers >= 2 \(the data have 2\)"),
@@ -571,6 +577,28 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         argv += ["--centered_scale", "-1", "--baseline"]
     elif case == "lora_from_scratch":
         argv += ["--use_lora", "--architecture", json.dumps({"hidden_size": 16})]
+    elif case == "case_differing_labels":
+        mixed = _write_csv(tmp_path / "case.csv", [("good film", "pos"), ("great plot", "Pos"), ("bad", "neg")])
+        argv += ["--train_file", str(mixed), "--validation_file", str(mixed)]
+    elif case == "names_and_ids":
+        with open(tmp_path / "mixed.jsonl", "w") as handle:
+            for text, label in (("good film", "pos"), ("bad film", 0)):
+                handle.write(json.dumps({"sentence": text, "sentiment": label}) + "\n")
+        argv += ["--train_file", str(tmp_path / "mixed.jsonl"), "--validation_file", str(tmp_path / "mixed.jsonl")]
+    elif case == "empty_text":
+        holey = _write_csv(tmp_path / "holey.csv", [("good film", "pos"), ("", "neg"), ("bad", "neg")])
+        argv += ["--train_file", str(holey)]
+    elif case == "other_validation_columns":
+        other = _write_csv(tmp_path / "other.csv", [("good film", "pos")], header=("sentence", "label"))
+        argv += ["--validation_file", str(other)]
+    elif case == "not_utf8":
+        (tmp_path / "latin1.csv").write_bytes(
+            "sentence,sentiment\ncaf\u00e9 cr\u00e8me,pos\nbad,neg\n".encode("latin-1")
+        )
+        argv += ["--train_file", str(tmp_path / "latin1.csv")]
+    elif case == "damaged_record":
+        output_dir.mkdir()
+        (output_dir / finetuning.RUN_RECORD).write_text('{"learning_rate": ')
     elif case == "single_class":
         one_class = _write_csv(tmp_path / "one.csv", [("good film", "pos"), ("great plot", "pos")])
         argv += ["--train_file", str(one_class), "--validation_file", str(one_class)]
