@@ -11,7 +11,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, ViTConfig
 from transformers.utils import logging
 
-from .correction_base import STRENGTH_MODES
+from .correction_base import FIXED_STRENGTH, LEARNED_STRENGTH, STRENGTH_MODES
 from .corrections import CORRECTIONS, NO_CORRECTION, available_corrections
 from .fusion import NO_FUSION, available_fusions
 
@@ -83,7 +83,7 @@ class CorrectionConfigMixin:
     dgn_lambda: float | int = 0.01
     dgn_momentum: float | int = 0.1
     fusion: str = "none"
-    correction_strength: str = "fixed"
+    correction_strength: str = FIXED_STRENGTH
     strength_gate_scale: float | int = 100.0
 
     # hidden_states[-1] stays the raw last layer when a fusion replaces last_hidden_state.
@@ -113,14 +113,9 @@ class CorrectionConfigMixin:
 
     def validate_corrections(self) -> None:
         """Checks every correction field; strict dataclasses call every `validate_*` method at construction."""
-        if isinstance(self.num_hidden_layers, bool) or not isinstance(self.num_hidden_layers, int):
-            raise ValueError(
-                f"num_hidden_layers={self.num_hidden_layers!r} is not valid: allowed values are integers >= 1."
-            )
-        if self.num_hidden_layers < 1:
-            raise ValueError(
-                f"num_hidden_layers={self.num_hidden_layers!r} is not valid: allowed values are integers >= 1."
-            )
+        layers = self.num_hidden_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"num_hidden_layers={layers!r} is not valid: allowed values are integers >= 1.")
         if isinstance(self.correction, str):
             names = [self.correction]
         elif isinstance(self.correction, (list, tuple)):
@@ -181,7 +176,7 @@ class CorrectionConfigMixin:
             raise ValueError(
                 f"strength_gate_scale={self.strength_gate_scale!r} is not valid: allowed values are finite numbers > 0."
             )
-        if self.correction_strength == "learned":
+        if self.correction_strength == LEARNED_STRENGTH:
             # A learned gate multiplies the configured strength: at 0 it would never receive a gradient.
             for name in names:
                 field = CORRECTIONS[name].strength_field if name in CORRECTIONS else None

@@ -46,6 +46,7 @@ from . import data as offline_data
 from .auto import peft_modules_to_save
 from .cli import CORRECTION_FIELD_TYPES
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig, CorrectionConfigMixin, field_help
+from .correction_base import FIXED_STRENGTH, LEARNED_STRENGTH
 from .corrections import NO_CORRECTION, available_corrections
 from .diagnostics import Profile, oversmoothing_profile
 from .fusion import NO_FUSION, available_fusions
@@ -1001,7 +1002,7 @@ def baseline_arguments(args: FinetuneArguments) -> FinetuneArguments:
     training.resume_from_checkpoint = "last" if latest_complete_checkpoint(output_dir) is not None else None
     correction = copy.copy(args.correction)
     correction.correction, correction.fusion = [NO_CORRECTION], NO_FUSION
-    correction.correction_strength = "fixed"
+    correction.correction_strength = FIXED_STRENGTH
     output = dataclasses.replace(args.output, baseline=False, model_name=f"{Path(args.training.output_dir).name} stock")
     return dataclasses.replace(args, correction=correction, output=output, training=training)
 
@@ -1050,7 +1051,7 @@ def report(args: FinetuneArguments, result: RunResult, baseline: RunResult | Non
         correction = "+".join(args.correction.correction)
         if args.correction.fusion != NO_FUSION:
             correction += f" with {args.correction.fusion} fusion"
-        if args.correction.correction_strength == "learned":
+        if args.correction.correction_strength == LEARNED_STRENGTH:
             correction += " (learned strengths)"
         rows = [("stock, same setup", baseline.metrics), (correction, result.metrics)]
         width = max(len(name) for name, _ in rows)

@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from transformers import initialization as init
 
+from .correction_base import LEARNED_STRENGTH
+
 NO_FUSION = "none"
 
 CITATION = """@inproceedings{shi2022revisiting,
@@ -292,5 +294,5 @@ def available_fusions() -> list[str]:
 def build_fusion(config) -> LayerFusion | None:
     if config.fusion == NO_FUSION:
         return None
-    learned_strength_scale = config.strength_gate_scale if config.correction_strength == "learned" else None
+    learned_strength_scale = config.strength_gate_scale if config.correction_strength == LEARNED_STRENGTH else None
     return FUSIONS[config.fusion](config.num_hidden_layers, config.hidden_size, learned_strength_scale)
