@@ -196,9 +196,17 @@ class CorrectionConfigMixin:
             )
 
     def structure(self) -> dict[str, object]:
-        """The fields that decide which modules and parameters a model builds; the others (the strengths, τ, DGN's
-        momentum) are read at every call. A model compares it with its own at each forward and save."""
-        fields = ("correction", "correction_layers", "fusion", "correction_strength", "dgn_groups")
+        """The fields that decide which modules and parameters a model builds (and `strength_gate_scale`, which a
+        fusion's gate keeps from its construction); the others (the strengths, τ, DGN's momentum) are read at every
+        call. A model compares it with its own at each forward and save."""
+        fields = (
+            "correction",
+            "correction_layers",
+            "fusion",
+            "correction_strength",
+            "strength_gate_scale",
+            "dgn_groups",
+        )
         fields += ("num_hidden_layers", "hidden_size", "num_attention_heads")
         return {name: copy.deepcopy(getattr(self, name)) for name in fields}
 
@@ -208,7 +216,7 @@ class CorrectionConfigMixin:
         if changed:
             described = ", ".join(f"{name}={getattr(self, name)!r} (built with {built[name]!r})" for name in changed)
             raise ValueError(
-                f"{described}: this field decides which modules the model has, so it cannot change on a built model; "
+                f"{described}: the model was built for that value, so it cannot change on a built model; "
                 "allowed: build a new one, e.g. from_pretrained(folder, **fields) with the new value."
             )
 

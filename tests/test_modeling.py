@@ -179,6 +179,7 @@ STRUCTURAL_CHANGES = [
     ("correction_layers", [0]),
     ("fusion", "gate"),
     ("correction_strength", "learned"),
+    ("strength_gate_scale", 10.0),
     ("dgn_groups", 4),
 ]
 
