@@ -99,6 +99,15 @@ def max_real_token_diff(first: torch.Tensor, second: torch.Tensor, attention_mas
     return (first[:, :seq_len][real] - second[:, :seq_len][real]).abs().max().item()
 
 
+def stock_config(config):
+    """The stock BertConfig / ViTConfig with the same sizes as one of ours (for the stock twin of a model)."""
+    from transformers import BertConfig, ViTConfig
+
+    stock_class = BertConfig if isinstance(config, CenteredBertConfig) else ViTConfig
+    fields = {k: v for k, v in config.to_dict().items() if k in stock_class().to_dict() and k != "model_type"}
+    return stock_class(**fields)
+
+
 def run_without_the_package(tmp_path: Path, script: str, *args: str) -> dict:
     """Runs `script` in a fresh process where hf_centered cannot be imported (what a Hub user without the package
     has); returns its last line of output, parsed as JSON."""

@@ -393,12 +393,19 @@ class KillAfterSave(TrainerCallback):
             raise SimulatedKill
 
 
-def test_resumed_run_equals_the_uninterrupted_run(assets, tmp_path):
+def kill_after_the_first_checkpoint(assets, tmp_path) -> tuple[Path, Path, tuple[str, ...]]:
+    """An uninterrupted 4-step run and the same run killed right after writing checkpoint-2: their folders and the
+    step options both used."""
     plain_dir, killed_dir = tmp_path / "plain", tmp_path / "killed"
     steps = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
     main(text_argv(assets, plain_dir, *steps))
     with pytest.raises(SimulatedKill):
         main(text_argv(assets, killed_dir, *steps), callbacks=[KillAfterSave(step=2)])
+    return plain_dir, killed_dir, steps
+
+
+def test_resumed_run_equals_the_uninterrupted_run(assets, tmp_path):
+    plain_dir, killed_dir, steps = kill_after_the_first_checkpoint(assets, tmp_path)
     assert (killed_dir / "checkpoint-2").is_dir() and not (killed_dir / "model.safetensors").exists()
 
     main(text_argv(assets, killed_dir, *steps, "--resume_from_checkpoint", str(killed_dir / "checkpoint-2")))
@@ -441,11 +448,7 @@ def test_a_run_never_writes_over_a_complete_checkpoint(assets, tmp_path):
 
 
 def test_last_skips_a_half_written_checkpoint(assets, tmp_path):
-    plain_dir, killed_dir = tmp_path / "plain", tmp_path / "killed"
-    steps = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
-    main(text_argv(assets, plain_dir, *steps))
-    with pytest.raises(SimulatedKill):
-        main(text_argv(assets, killed_dir, *steps), callbacks=[KillAfterSave(step=2)])
+    plain_dir, killed_dir, steps = kill_after_the_first_checkpoint(assets, tmp_path)
     # killed while writing checkpoint-4: its weights half written, nothing after them
     half_written = killed_dir / "checkpoint-4"
     half_written.mkdir()

@@ -18,6 +18,7 @@ from conftest import (
     bert_inputs,
     pad_more,
     run_without_the_package,
+    stock_config,
     vit_config,
     vit_inputs,
 )
@@ -25,13 +26,11 @@ from peft import IA3Config, LoraConfig, PrefixTuningConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 from transformers import (
-    BertConfig,
     BertForSequenceClassification,
     BertModel,
     DynamicCache,
     Trainer,
     TrainingArguments,
-    ViTConfig,
     ViTForImageClassification,
     ViTModel,
     pipeline,
@@ -39,7 +38,6 @@ from transformers import (
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from hf_centered import (
-    CenteredBertConfig,
     CenteredBertForSequenceClassification,
     CenteredBertModel,
     CenteredViTForImageClassification,
@@ -49,12 +47,6 @@ from hf_centered import (
 from hf_centered.data import DIGITS_MAX_VALUE, digits
 
 METHODS = [["none"], *([name] for name in CORRECTIONS), CORRECTIONS]
-
-
-def _stock_config(config):
-    stock_class = BertConfig if isinstance(config, CenteredBertConfig) else ViTConfig
-    fields = {k: v for k, v in config.to_dict().items() if k in stock_class().to_dict() and k != "model_type"}
-    return stock_class(**fields)
 
 
 def _adapted_module_names(model: torch.nn.Module) -> set[str]:
@@ -67,7 +59,7 @@ def test_peft_default_targets_are_stock_berts(method):
     identity."""
     config, inputs = bert_config(), bert_inputs()
     model = CenteredBertForSequenceClassification(config).eval()
-    stock = BertForSequenceClassification(_stock_config(config))
+    stock = BertForSequenceClassification(stock_config(config))
     peft_class = LoraConfig if method == "lora" else IA3Config
     with torch.no_grad():
         expected = model(**inputs).logits
@@ -104,7 +96,7 @@ def _prefix_tuned(model: torch.nn.Module) -> torch.nn.Module:
 def test_prefix_tuning_without_correction_equals_stock_bert():
     config, inputs = bert_config(correction="none"), bert_inputs()
     model = _prefix_tuned(CenteredBertForSequenceClassification(config)).eval()
-    stock = BertForSequenceClassification(_stock_config(config))
+    stock = BertForSequenceClassification(stock_config(config))
     stock.load_state_dict(model.get_base_model().state_dict(), strict=False)
     stock = _prefix_tuned(stock).eval()
     stock.prompt_encoder.load_state_dict(model.prompt_encoder.state_dict())
@@ -251,7 +243,7 @@ def _checkpointing_flags_and_recomputations(model: torch.nn.Module, inputs: dict
 def test_old_style_gradient_checkpointing_in_config_json_is_honoured_like_stock(tmp_path, stock_class, centered_class):
     config, inputs = (bert_config(), bert_inputs()) if "Bert" in stock_class.__name__ else (vit_config(), vit_inputs())
     results = []
-    for model_class, model_config in ((stock_class, _stock_config(config)), (centered_class, config)):
+    for model_class, model_config in ((stock_class, stock_config(config)), (centered_class, config)):
         folder = tmp_path / model_class.__name__
         model_class(model_config).save_pretrained(folder)
         saved = json.loads((folder / "config.json").read_text())
@@ -347,7 +339,7 @@ def test_a_strength_changed_on_the_config_reaches_the_copies_peft_trains():
         before = adapted(**inputs).logits
         adapted.config.centered_scale = adapted.config.dgn_lambda = 0.0
         after = adapted(**inputs).logits
-    stock = BertForSequenceClassification(_stock_config(model.config)).eval()
+    stock = BertForSequenceClassification(stock_config(model.config)).eval()
     stock.load_state_dict(adapted.merge_and_unload().state_dict(), strict=False)
     with torch.no_grad():
         torch.testing.assert_close(after, stock(**inputs).logits, atol=1e-6, rtol=0)

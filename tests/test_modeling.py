@@ -12,6 +12,7 @@ from conftest import (
     bert_inputs,
     max_real_token_diff,
     pad_more,
+    stock_config,
     vit_config,
     vit_inputs,
 )
@@ -22,12 +23,10 @@ from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
-    BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
-    ViTConfig,
     ViTForImageClassification,
     ViTModel,
 )
@@ -54,19 +53,13 @@ BERT_PAIRS = [
 VIT_PAIRS = [(ViTModel, CenteredViTModel), (ViTForImageClassification, CenteredViTForImageClassification)]
 
 
-def _stock_config(config):
-    stock_class = BertConfig if isinstance(config, CenteredBertConfig) else ViTConfig
-    fields = {k: v for k, v in config.to_dict().items() if k in stock_class().to_dict() and k != "model_type"}
-    return stock_class(**fields)
-
-
 def _main_output(output):
     return output.logits if hasattr(output, "logits") else output.last_hidden_state
 
 
 def _assert_stock_equivalent(stock_class, centered_class, config, inputs, tol=1e-6):
     model = centered_class(config).eval()
-    stock = stock_class(_stock_config(config)).eval()
+    stock = stock_class(stock_config(config)).eval()
     missing, unexpected = stock.load_state_dict(model.state_dict(), strict=False)
     assert not missing and all("corrections" in name for name in unexpected)
     with torch.no_grad():
@@ -109,7 +102,7 @@ def test_learned_strength_starts_as_the_stock_model(methods, fusion, implementat
     ]:
         fields = dict(correction=methods, fusion=fusion, attn_implementation=implementation, **LEARNED)
         model = centered_class(config(**fields)).train(training)
-        stock = stock_class(_stock_config(model.config)).train(training)
+        stock = stock_class(stock_config(model.config)).train(training)
         missing, _ = stock.load_state_dict(model.state_dict(), strict=False)
         assert not missing
         with torch.no_grad():
@@ -166,7 +159,7 @@ def test_a_strength_changed_on_the_config_takes_effect():
         corrected = model(**inputs).last_hidden_state
         model.config.centered_scale = model.config.contranorm_scale = 0.0
         stock_like = model(**inputs).last_hidden_state
-    stock = BertModel(_stock_config(model.config)).eval()
+    stock = BertModel(stock_config(model.config)).eval()
     stock.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
         expected = stock(**inputs).last_hidden_state
@@ -213,7 +206,7 @@ def test_an_invalid_strength_set_on_a_built_model_is_not_saved(tmp_path):
 def test_converting_a_stock_checkpoint_with_learned_strengths_initialises_the_gates(tmp_path, methods):
     """The gates are new parameters: `_init_weights` sets them to 0 (not leftover memory), and the converted model
     equals the stock checkpoint."""
-    stock = BertModel(_stock_config(bert_config(correction="none"))).eval()
+    stock = BertModel(stock_config(bert_config(correction="none"))).eval()
     stock.save_pretrained(tmp_path)
     model, info = CenteredBertModel.from_pretrained(
         tmp_path, correction=methods, fusion="max", output_loading_info=True, **LEARNED
@@ -234,7 +227,7 @@ def test_correction_changes_outputs(name):
     """The equivalence tests above would pass trivially if a correction did nothing."""
     model = CenteredBertModel(bert_config(correction=name)).eval()
     inputs = bert_inputs()
-    stock = BertModel(_stock_config(model.config)).eval()
+    stock = BertModel(stock_config(model.config)).eval()
     stock.load_state_dict(model.state_dict(), strict=False)
     with torch.no_grad():
         diff = max_real_token_diff(
@@ -423,7 +416,7 @@ def test_masked_lm_keeps_tied_embeddings():
 
 @pytest.mark.parametrize("methods", [["none"], ["centered", "dgn"]], ids="+".join)
 def test_stock_bert_checkpoint_loads_every_weight(tmp_path, methods):
-    stock = BertForMaskedLM(_stock_config(bert_config(correction="none")))
+    stock = BertForMaskedLM(stock_config(bert_config(correction="none")))
     stock.save_pretrained(tmp_path)
     model, info = CenteredBertForSequenceClassification.from_pretrained(
         tmp_path, correction=methods, fusion="concat", num_labels=4, output_loading_info=True
@@ -455,7 +448,7 @@ def test_stock_bert_checkpoint_loads_every_weight(tmp_path, methods):
 
 
 def test_legacy_vit_checkpoint_loads(tmp_path):
-    stock = ViTModel(_stock_config(vit_config()), add_pooling_layer=False)
+    stock = ViTModel(stock_config(vit_config()), add_pooling_layer=False)
     stock.save_pretrained(tmp_path)
     from safetensors import safe_open
 
