@@ -2,8 +2,8 @@
 
 Stock weight names are unchanged, so any BERT checkpoint loads; only the corrections' and fusion's parameters are
 new. The seams: the self-attention (per-head corrections on the backend's output), the post-attention output
-(corrections before its LayerNorm), the layer (corrections on its output), and the encoder loop (padding mask,
-NeuTRENO's V⁰, fusion).
+(corrections before its LayerNorm), the layer (corrections on its output; layer 0 also projects NeuTRENO's V⁰), and
+the encoder loop (padding mask, fusion).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from transformers.models.bert.modeling_bert import (
 
 from .configuration_centered import CenteredBertConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
-from .corrections import build_corrections, needs_first_values
+from .corrections import build_corrections
 from .fusion import LayerFusion, build_fusion
 from .modeling_common import (
     CenteredPreTrainedMixin,
@@ -39,6 +39,7 @@ from .modeling_common import (
     key_padding_mask_from_attention_mask,
     last_output,
     padding_mask_from_attention_mask,
+    provides_first_values,
     run_layers,
 )
 
@@ -73,7 +74,7 @@ class CenteredBertSelfAttention(BertSelfAttention):
         hidden_shape = (*input_shape, -1, self.attention_head_size)
         query = self.query(hidden_states).view(hidden_shape).transpose(1, 2)
         key = self.key(hidden_states).view(hidden_shape).transpose(1, 2)
-        # The encoder computed layer 0's values for NeuTRENO already; reuse them instead of projecting twice.
+        # Layer 0 projected its values for NeuTRENO already (V⁰); reuse them instead of projecting twice.
         if self.layer_idx == 0 and state.first_values is not None:
             value = state.first_values
         else:
@@ -151,6 +152,7 @@ class CenteredBertLayer(BertLayer):
         super().__init__(config, layer_idx=layer_idx)
         self.attention = CenteredBertAttention(config, layer_idx)
         self.corrections = build_corrections(config, layer_idx, LAYER_OUTPUT_SITE)
+        self.provides_first_values = provides_first_values(config, layer_idx)
 
     def forward(
         self,
@@ -160,11 +162,16 @@ class CenteredBertLayer(BertLayer):
         padding_mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> torch.Tensor:
-        # `first_values` comes positionally so that reentrant gradient checkpointing propagates its gradient.
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The layer's output; with `provides_first_values` (layer 0 under NeuTRENO), also V⁰ for the later layers,
+        which get it as `first_values` (positionally, so that reentrant gradient checkpointing propagates its
+        gradient)."""
+        if self.provides_first_values:
+            first_values = self.attention.self.project_values(hidden_states)
         state = CorrectionState(padding_mask=padding_mask, first_values=first_values, key_padding_mask=key_padding_mask)
         layer_output = super().forward(hidden_states, attention_mask, correction_state=state, **kwargs)
-        return apply_corrections(self.corrections, layer_output, state)
+        layer_output = apply_corrections(self.corrections, layer_output, state)
+        return (layer_output, first_values) if self.provides_first_values else layer_output
 
 
 class CenteredBertEncoder(BertEncoder):
@@ -172,7 +179,6 @@ class CenteredBertEncoder(BertEncoder):
         super().__init__(config)
         self.layer = nn.ModuleList([CenteredBertLayer(config, i) for i in range(config.num_hidden_layers)])
         self.fusion = build_fusion(config)
-        self.needs_first_values = needs_first_values(config)
         self.built_structure = config.structure()
 
     def forward(
@@ -185,10 +191,7 @@ class CenteredBertEncoder(BertEncoder):
         self.config.check_structure(self.built_structure)
         padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
         key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, hidden_states.shape[0])
-        first_values = self.layer[0].attention.self.project_values(hidden_states) if self.needs_first_values else None
-        layer_outputs = run_layers(
-            self.layer, hidden_states, attention_mask, first_values, padding_mask, key_padding_mask, **kwargs
-        )
+        layer_outputs = run_layers(self.layer, hidden_states, attention_mask, padding_mask, key_padding_mask, **kwargs)
         hidden_states = self.fusion(layer_outputs) if self.fusion is not None else last_output(layer_outputs)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 

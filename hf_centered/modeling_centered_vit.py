@@ -2,11 +2,13 @@
 
 Stock weight names are unchanged and checkpoints are read and written in the legacy layout
 (`encoder.layer.N.attention.attention.query`), so `google/vit-*`-style checkpoints load. The seams: the attention
-(per-head corrections on the backend's output), the layer (corrections before both norms and on its output), and
-the model loop (padding mask, NeuTRENO's V⁰, corrected final norm, fusion).
+(per-head corrections on the backend's output), the layer (corrections before both norms and on its output; layer 0
+also projects NeuTRENO's V⁰), and the model loop (padding mask, corrected final norm, fusion).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -23,7 +25,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_centered import CenteredViTConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
-from .corrections import build_corrections, needs_first_values
+from .corrections import build_corrections
 from .fusion import LayerFusion, build_fusion
 from .modeling_common import (
     CenteredPreTrainedMixin,
@@ -32,6 +34,7 @@ from .modeling_common import (
     key_padding_mask_from_attention_mask,
     last_output,
     padding_mask_from_attention_mask,
+    provides_first_values,
     run_layers,
 )
 
@@ -65,7 +68,7 @@ class CenteredViTAttention(ViTAttention):
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        # The model computed layer 0's values for NeuTRENO already; reuse them instead of projecting twice.
+        # Layer 0 projected its values for NeuTRENO already (V⁰); reuse them instead of projecting twice.
         if self.layer_idx == 0 and state.first_values is not None:
             value = state.first_values
         else:
@@ -93,6 +96,7 @@ class CenteredViTLayer(ViTLayer):
         self.attention = CenteredViTAttention(config, layer_idx)
         self.norm_corrections = build_corrections(config, layer_idx, BEFORE_NORM_SITE)
         self.output_corrections = build_corrections(config, layer_idx, LAYER_OUTPUT_SITE)
+        self.provides_first_values = provides_first_values(config, layer_idx)
 
     def attention_input(self, hidden_states: torch.Tensor, state: CorrectionState) -> torch.Tensor:
         return self.layernorm_before(apply_corrections(self.norm_corrections, hidden_states, state))
@@ -105,16 +109,21 @@ class CenteredViTLayer(ViTLayer):
         padding_mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> torch.Tensor:
-        # `first_values` comes positionally so that reentrant gradient checkpointing propagates its gradient.
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The layer's output; with `provides_first_values` (layer 0 under NeuTRENO), also V⁰ for the later layers,
+        which get it as `first_values` (positionally, so that reentrant gradient checkpointing propagates its
+        gradient)."""
         state = CorrectionState(padding_mask=padding_mask, first_values=first_values, key_padding_mask=key_padding_mask)
-        attention_output, _ = self.attention(
-            self.attention_input(hidden_states, state), attention_mask, correction_state=state, **kwargs
-        )
+        attention_input = self.attention_input(hidden_states, state)
+        if self.provides_first_values:
+            first_values = self.attention.project_values(attention_input)
+            state = replace(state, first_values=first_values)
+        attention_output, _ = self.attention(attention_input, attention_mask, correction_state=state, **kwargs)
         hidden_states = self.dropout(attention_output) + hidden_states
         mlp_input = self.layernorm_after(apply_corrections(self.norm_corrections, hidden_states, state))
         hidden_states = self.dropout(self.mlp(mlp_input)) + hidden_states
-        return apply_corrections(self.output_corrections, hidden_states, state)
+        hidden_states = apply_corrections(self.output_corrections, hidden_states, state)
+        return (hidden_states, first_values) if self.provides_first_values else hidden_states
 
 
 class CenteredViTPreTrainedModel(CenteredPreTrainedMixin, ViTPreTrainedModel):
@@ -142,7 +151,6 @@ class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
         # ContraNorm also acts before the final norm when the last layer is corrected.
         self.final_norm_corrections = build_corrections(config, config.num_hidden_layers - 1, BEFORE_NORM_SITE)
         self.fusion = build_fusion(config)
-        self.needs_first_values = needs_first_values(config)
         self.post_init()
 
     def final_norm(self, hidden_states: torch.Tensor, state: CorrectionState) -> torch.Tensor:
@@ -171,13 +179,7 @@ class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
         padding_mask = padding_mask_from_attention_mask(attention_mask, *hidden_states.shape[:2])
         key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, hidden_states.shape[0])
         state = CorrectionState(padding_mask=padding_mask, key_padding_mask=key_padding_mask)
-        first_values = None
-        if self.needs_first_values:
-            first_layer = self.layers[0]
-            first_values = first_layer.attention.project_values(first_layer.attention_input(hidden_states, state))
-        layer_outputs = run_layers(
-            self.layers, hidden_states, attention_mask, first_values, padding_mask, key_padding_mask, **kwargs
-        )
+        layer_outputs = run_layers(self.layers, hidden_states, attention_mask, padding_mask, key_padding_mask, **kwargs)
         if self.fusion is not None:
             sequence_output = self.fusion(self.final_norm(output, state) for output in layer_outputs)
         else:

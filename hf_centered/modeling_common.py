@@ -10,6 +10,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .correction_base import Correction, CorrectionState, deepcopy_attributes
+from .corrections import needs_first_values
 from .fusion import LayerFusion
 
 
@@ -24,17 +25,18 @@ def run_layers(
     layers: nn.ModuleList,
     hidden_states: torch.Tensor,
     attention_mask,
-    first_values,
     padding_mask,
     key_padding_mask,
     **kwargs,
 ) -> Iterator[torch.Tensor]:
     """Yields each encoder layer's output only when it is asked for, so that a fusion consumes them one at a time.
 
-    `first_values` goes positionally so that reentrant gradient checkpointing propagates its gradient.
+    A layer that provides NeuTRENO's V⁰ (layer 0, see `provides_first_values`) returns `(output, first_values)`;
+    the later layers get `first_values` positionally, so that reentrant gradient checkpointing propagates its gradient.
     """
+    first_values = None
     for layer in layers:
-        hidden_states = layer(
+        output = layer(
             hidden_states,
             attention_mask,
             first_values,
@@ -42,7 +44,17 @@ def run_layers(
             key_padding_mask=key_padding_mask,
             **kwargs,
         )
+        hidden_states, first_values = output if isinstance(output, tuple) else (output, first_values)
         yield hidden_states
+
+
+def provides_first_values(config, layer_idx: int) -> bool:
+    """Whether layer `layer_idx` projects V⁰ for the later layers: layer 0, when some corrected layer reads it.
+
+    Layer 0 projects it in its own forward, where its weights are at hand: FSDP sharding every layer gathers a layer's
+    weights only while that layer runs.
+    """
+    return layer_idx == 0 and needs_first_values(config)
 
 
 def last_output(layer_outputs: Iterator[torch.Tensor]) -> torch.Tensor:
