@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, snapshot_download
 from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.utils import logging
 
 from .auto import CONFIG_CLASSES, auto_class_name, full_auto_map
 from .corrections import CORRECTIONS
@@ -60,6 +61,20 @@ UNRECORDED_EXPORT_PATTERNS = (
     STRENGTHS_JSON,
     STRENGTHS_IMAGE,
 )
+# What a sentence-transformers model holds besides the transformer's own files: its list of modules, the transformer
+# module's settings and the library's metadata at the top; every other module (pooling, dense layers, normalisation)
+# in the sub-folder `modules.json` names.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+# Configuration fields a model must share with a sentence-transformers folder to take over its modules.
+SAME_BASE_MODEL_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
 PIPELINE_TAGS = {
     "AutoModel": "feature-extraction",
     "AutoModelForSequenceClassification": "text-classification",
@@ -78,7 +93,18 @@ def card_template_path() -> Path:
     raise FileNotFoundError(f"The model card template model_cards/template.md was not found next to {package_dir}.")
 
 
-def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, **card_fields: Any) -> Path:
+logger = logging.get_logger(__name__)
+
+
+def export_for_hub(
+    model,
+    out_dir,
+    processor=None,
+    *,
+    overwrite: bool = False,
+    source: str | os.PathLike | None = None,
+    **card_fields: Any,
+) -> Path:
     """Writes a folder that `AutoModel*.from_pretrained(out_dir, trust_remote_code=True)` loads without hf_centered.
 
     Args:
@@ -88,12 +114,19 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
         overwrite: allow writing into a non-empty folder: the files of an earlier export there (those its
             `EXPORT_MANIFEST` lists) are replaced or removed, any other file is left alone unless the export writes
             one of the same name.
+        source: the checkpoint (folder or Hub id) the model was loaded from, `model.config._name_or_path` by default.
+            When it is a sentence-transformers model (all-MiniLM-L6-v2, ...), its modules (`modules.json`, pooling,
+            dense layers, normalisation) are kept, so that `SentenceTransformer(out_dir, trust_remote_code=True)`
+            runs this model with them. They are kept only for a model of the source's architecture and with a
+            tokenizer as `processor`: a `source` given explicitly for another architecture raises a `ValueError`,
+            the default one is then skipped with a warning.
         **card_fields: model card fields, see `CARD_FIELDS`.
 
     Returns:
         The folder, holding `config.json` (with a complete `auto_map`), `model.safetensors`, the modelling `.py`
         files, the processor's files, `README.md` and `EXPORT_MANIFEST`, the list of these files; with learned
-        correction strengths also their map (`STRENGTHS_JSON`, `STRENGTHS_IMAGE`, a table in the card).
+        correction strengths also their map (`STRENGTHS_JSON`, `STRENGTHS_IMAGE`, a table in the card); from a
+        sentence-transformers source also its modules' files.
     """
     model_type = getattr(model.config, "model_type", None)
     if model_type not in CONFIG_CLASSES:
@@ -110,6 +143,14 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
         raise FileExistsError(f"{out_dir} is a file, not a folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; choose another folder or pass overwrite=True.")
+    default_source = getattr(model.config, "_name_or_path", "")
+    try:
+        sentence_transformers = sentence_transformers_files(default_source if source is None else source, model.config)
+    except ValueError as error:
+        if source is not None:
+            raise
+        logger.warning(f"The export leaves out the sentence-transformers modules: {error}")
+        sentence_transformers = {}
 
     profile = card_fields.pop("profile", None)
     profile_inputs = card_fields.pop("profile_inputs", None)
@@ -125,6 +166,15 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
         model.save_pretrained(staging)
         if processor is not None:
             processor.save_pretrained(staging)
+        if sentence_transformers and not (staging / "tokenizer_config.json").is_file():
+            logger.warning(
+                "The export leaves out the sentence-transformers modules of its source: sentence-transformers loads "
+                "the tokenizer from the folder, so pass it as `processor` to keep them."
+            )
+            sentence_transformers = {}
+        for name, path in sentence_transformers.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, staging / name)
         if profile is not None:
             # The card's name, not a local path the profile may carry, labels what gets published.
             profile = dataclasses.replace(profile, model_name=card_fields.get("model_name") or out_dir.name)
@@ -140,12 +190,18 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
             plot_strength_map(strengths, staging / STRENGTHS_IMAGE, title="learned correction strengths")
         card = build_model_card(
             model, out_dir, profile=profile, strengths=strengths, compared_with_stock=baseline_profile is not None,
-            **card_fields,
+            sentence_transformers=bool(sentence_transformers), **card_fields,
         )  # fmt: skip
         card.save(staging / "README.md")
         written = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
         for name in set(recorded_export_files(out_dir) or ()) - set(written):
-            (out_dir / name).unlink(missing_ok=True)
+            stale = out_dir / name
+            stale.unlink(missing_ok=True)
+            # A module folder of the earlier export that nothing else fills (a user's file there keeps it).
+            for folder in stale.parents:
+                if folder == out_dir or not folder.is_dir() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
         for name in written:
             (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / name, out_dir / name)
@@ -153,6 +209,65 @@ def export_for_hub(model, out_dir, processor=None, *, overwrite: bool = False, *
         shutil.rmtree(staging, ignore_errors=True)
     (out_dir / EXPORT_MANIFEST).write_text(json.dumps({"files": written}, indent=2) + "\n")
     return out_dir
+
+
+def sentence_transformers_files(source: str | os.PathLike, config) -> dict[str, Path]:
+    """The sentence-transformers files of `source` (a folder or Hub id), by their path in an export of a model with
+    `config`; empty when `source` is no sentence-transformers model or cannot be reached.
+
+    Raises:
+        ValueError: `source` is a sentence-transformers model of another architecture than `config`'s, or one whose
+            modules cannot be carried over (its transformer not at the top of the folder, a module outside it).
+    """
+    folder = _local_snapshot(source, [*SENTENCE_TRANSFORMERS_FILES, "config.json"])
+    if folder is None or not (folder / "modules.json").is_file():
+        return {}
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        source_config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:  # no config.json: the transformer is not at the folder's top
+        raise ValueError(f"{source} is a sentence-transformers model that cannot be carried over: {error}") from None
+    paths = [module.get("path") for module in modules if isinstance(module, dict)] if isinstance(modules, list) else []
+    if not paths or not all(isinstance(path, str) for path in paths) or paths.count("") != 1:
+        raise ValueError(f"{source}/modules.json must list its modules with one transformer at the folder's top.")
+    module_dirs = [path for path in paths if path]
+    if any(not Path(path).parts or Path(path).is_absolute() or ".." in Path(path).parts for path in module_dirs):
+        raise ValueError(f"{source}/modules.json names a module folder outside its own: {module_dirs}.")
+    ours = {"model_type": config.model_type.removeprefix("centered_")}
+    ours |= {field: getattr(config, field, None) for field in SAME_BASE_MODEL_FIELDS}
+    theirs = {**source_config, "model_type": str(source_config.get("model_type")).removeprefix("centered_")}
+    differences = [
+        f"{field} {ours[field]!r} where it has {theirs[field]!r}"
+        for field in ours
+        if field in theirs and ours[field] != theirs[field]
+    ]
+    if differences:
+        raise ValueError(
+            f"the model is not of the architecture of the sentence-transformers model {source} "
+            f"({', '.join(differences)}); export it with the source it was built from, or without one."
+        )
+    if module_dirs:
+        folder = _local_snapshot(source, [f"{path}/*" for path in module_dirs]) or folder
+    files = {name: folder / name for name in SENTENCE_TRANSFORMERS_FILES if (folder / name).is_file()}
+    for module_dir in module_dirs:
+        for path in sorted((folder / module_dir).rglob("*")):
+            if path.is_file():
+                files[path.relative_to(folder).as_posix()] = path
+    return files
+
+
+def _local_snapshot(source: str | os.PathLike, patterns: list[str]) -> Path | None:
+    """`source` itself when it is a folder, else the Hub repository's files that match `patterns` (fetched, or from
+    the cache when offline); None for an empty source or a repository that cannot be reached."""
+    if not source:
+        return None
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=patterns))
+    except (OSError, ValueError) as error:  # not a Hub id, not on the Hub, offline and not cached, ...
+        logger.info(f"No sentence-transformers files taken from {source}: {error}")
+        return None
 
 
 def recorded_export_files(folder: Path) -> list[str] | None:
@@ -207,10 +322,12 @@ def build_model_card(
     profile=None,
     strengths: dict | None = None,
     compared_with_stock: bool = False,
+    sentence_transformers: bool = False,
     **card_fields: Any,
 ) -> ModelCard:
     """The model card of an exported folder, rendered from `model_cards/template.md`: `strengths` is the model's
-    learned strength map, `compared_with_stock` says that the profile plot draws the stock model's curves too."""
+    learned strength map, `compared_with_stock` says that the profile plot draws the stock model's curves too,
+    `sentence_transformers` that the folder keeps the modules of a sentence-transformers model."""
     config = model.config
     auto_class = auto_class_name(model)
     pipeline_tag = PIPELINE_TAGS[auto_class]
@@ -224,6 +341,8 @@ def build_model_card(
     tags = ["hf_centered", "custom_code", *(f"{name}-correction" for name in config.corrections)]
     if config.has_fusion:
         tags.append(f"{config.fusion}-fusion")
+    if sentence_transformers:
+        tags += ["sentence-transformers", "sentence-similarity"]
     tags += list(card_fields.get("tags") or [])
     card_data = ModelCardData(
         model_name=model_name,
@@ -274,6 +393,7 @@ def build_model_card(
         profile_image=PROFILE_IMAGE if profile is not None else None,
         profile_sequences=profile.num_sequences if profile is not None else None,
         compared_with_stock=compared_with_stock,
+        sentence_transformers=sentence_transformers,
         strength_table=strength_table(strengths) if strengths else None,
         strength_image=STRENGTHS_IMAGE if strengths else None,
         citations="\n\n".join(citations) or "(stock architecture: cite the base model)",
