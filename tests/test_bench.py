@@ -22,6 +22,13 @@ _spec.loader.exec_module(bench_run)
 to_reference_style = bench_run.to_reference_style
 
 
+def move_gates_off_zero(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "strength_gate" in name:
+                parameter.normal_(std=0.01, generator=torch.Generator().manual_seed(3))
+
+
 @pytest.mark.parametrize("method", ["none", *bench_run.METHODS])
 @pytest.mark.parametrize("architecture", ["bert", "vit"])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
@@ -32,10 +39,7 @@ def test_reference_style_twin_computes_the_same_function(method, architecture, t
         inputs = {"input_ids": torch.randint(1, 99, (3, 11), generator=torch.Generator().manual_seed(0))}
     else:
         model, inputs = CenteredViTModel(vit_config(**kwargs)), vit_inputs()
-    with torch.no_grad():  # learned gates away from 0, else the correction would be the identity in both
-        for name, parameter in model.named_parameters():
-            if "strength_gate" in name:
-                parameter.normal_(std=0.01, generator=torch.Generator().manual_seed(3))
+    move_gates_off_zero(model)  # else a learned correction would be the identity in both
     twin = to_reference_style(copy.deepcopy(model))
     assert twin.config._attn_implementation == "eager"
     if method in bench_run.METHODS and not method.startswith("fusion:"):
@@ -144,11 +148,18 @@ bench_compile = importlib.util.module_from_spec(_compile_spec)
 _compile_spec.loader.exec_module(bench_compile)
 
 
-@pytest.mark.parametrize("method", ["none", *bench_run.METHODS])
+@pytest.mark.parametrize("method", ["none", *bench_run.METHODS, "learned:all+fusion:gate"])
 def test_compiled_gradients_match_eager(method):
-    """Every method traces under torch.compile (AOT autograd without inductor, to stay fast) with eager gradients."""
+    """Every method traces under torch.compile (AOT autograd without inductor, to stay fast) with eager gradients;
+    learned strengths with their gates away from 0 (at 0 the corrections' own terms would not show)."""
     torch._dynamo.reset()
-    model = CenteredBertModel(bert_config(**bench_run.correction_kwargs(method))).train()
+    if method == "learned:all+fusion:gate":
+        corrections = bench_run.CORRECTION_METHODS
+        kwargs = {"correction": corrections, "correction_strength": "learned", "fusion": "gate"}
+    else:
+        kwargs = bench_run.correction_kwargs(method)
+    model = CenteredBertModel(bert_config(**kwargs)).train()
+    move_gates_off_zero(model)
     inputs = {"input_ids": torch.randint(1, 99, (3, 11), generator=torch.Generator().manual_seed(0))}
     compiled = torch.compile(copy.deepcopy(model), backend="aot_eager")
     bench_compile.check_compiled_matches_eager(model, compiled, inputs, "forward+backward")
