@@ -85,7 +85,7 @@ def _token_values(value: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
 
 def _first_values(state: CorrectionState) -> torch.Tensor:
     if state.first_values is None:
-        raise RuntimeError("NeuTRENO needs the first layer's values; the encoder did not provide them.")
+        raise RuntimeError("NeuTRENO needs the first layer's values (V⁰); layer 0 did not provide them.")
     return state.first_values
 
 
