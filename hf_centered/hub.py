@@ -342,7 +342,7 @@ def build_model_card(
     if config.has_fusion:
         tags.append(f"{config.fusion}-fusion")
     if sentence_transformers:
-        tags += ["sentence-transformers", "sentence-similarity"]
+        tags.append("sentence-transformers")
     tags += list(card_fields.get("tags") or [])
     card_data = ModelCardData(
         model_name=model_name,
