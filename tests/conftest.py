@@ -129,3 +129,13 @@ def run_without_the_package(tmp_path: Path, script: str, *args: str) -> dict:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # test_transformers_suite.py keeps transformers' own test suite in pytest's cache between runs (`--cache-clear`
+    # drops it); without the cache plugin (`-p no:cacheprovider`) it uses a temporary folder.
+    if getattr(config, "cache", None) is not None:
+        os.environ.setdefault("HF_CENTERED_TRANSFORMERS_TESTS", str(config.cache.mkdir("transformers-tests")))
+    # The marks transformers' own conftest registers that its test_modeling_common.py uses.
+    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' test suite")
