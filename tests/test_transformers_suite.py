@@ -10,17 +10,19 @@ from sub-folders it lacks are supplied here (`ExportTesterMixin` and `Generation
 module is skipped with one line, except under CI (`$CI` set), where that is a failure.
 
 The testers mirror the stock `BertModelTester` / `ViTModelTester` of transformers' repository (same sizes, dropout,
-inputs and labels), building our configurations; each family runs under `CONFIGURATIONS`: centered attention with
-learned strengths, NeuTRENO at a fixed strength, and ContraNorm with DGN under a gated fusion.
+inputs and labels, but 14×14 images instead of 30×30), building our configurations; each family runs under
+`CONFIGURATIONS`: centered attention with learned strengths, NeuTRENO at a fixed strength, and centered attention,
+ContraNorm and DGN at fixed strengths under a gated fusion. Stock BERT and ViT (the same testers, stock classes and
+configurations) pass every selected test here.
 
-Selection rule (the whole file must fit in about 60-90 s on 2 CPU cores):
-- every test of `ModelTesterMixin` that stock `BertModel`/`ViTModel` (the same testers, stock configurations) pass on
-  this CPU machine runs for every configuration, except the few in `SLOW_TESTS`, which run for one configuration
-  per family (each of them costs over a second per configuration; see its comment);
-- tests that stock skips here (GPU, flash attention, DeepSpeed, multi-GPU, hub, composite or generative models)
-  are not collected: they check nothing on this machine;
-- a test that stock passes and ours fails is marked `xfail(strict=True)` in `KNOWN_FAILURES` with its cause, so it
-  turns into a failure once the fix lands.
+Selection rule (this file must stay within about 60-90 s of the suite's 2-core budget):
+- every test of `ModelTesterMixin` that stock BERT/ViT pass on a CPU machine runs for every configuration, except
+  the costliest (`SLOW_TESTS`: the loading-dtype variants, the outputs' equivalence, and eager against SDPA beyond
+  float32), which run in `FULL_CONFIGURATION` only;
+- tests that stock skips on a CPU machine, or that do not apply to these models (`NOT_RUN_BY_STOCK*`: GPU, flash
+  attention, DeepSpeed, offloading, RoPE, MoE, composite or generative models) are not collected;
+- a selected test that skips for our model fails (stock runs it), and one that stock passes and ours fails is marked
+  `xfail(strict=True)` in `KNOWN_FAILURES` with its cause, so it turns into a failure once the fix lands.
 """
 
 from __future__ import annotations
