@@ -21,9 +21,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModel
 from transformers.utils import logging
 
+from hf_centered.cli import (
+    USAGE_ERROR_CODE,
+    CommandLineError,
+    check_output_folder,
+    load_checkpoint_config,
+    load_tokenizer,
+    one_line,
+)
 from hf_centered.data import DIGITS_MAX_VALUE, bbc_news, digits, rotten_tomatoes
 from hf_centered.diagnostics import METRIC_TITLES, Profile, oversmoothing_profile, plot_profiles
 from hf_centered.strength_maps import has_learned_strengths, plot_strength_map, save_strengths, strength_table
@@ -35,9 +43,10 @@ TABLE_METRICS = ("cosine_similarity", "effective_rank", "effective_rank_centered
 # ViT's default image processor normalisation, used when a model folder has no processor of its own.
 FALLBACK_IMAGE_MEAN = 0.5
 FALLBACK_IMAGE_STD = 0.5
+DEFAULT_MAX_LENGTH = 128
 
 
-class DiagnoseInputError(ValueError):
+class DiagnoseInputError(CommandLineError):
     """Bad command-line input, reported as one line and exit code 2."""
 
 
@@ -59,7 +68,12 @@ def add_diagnose_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-sequences", type=int, default=256, help="number of inputs (default: 256)")
     parser.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default: 16)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: 128)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        help=f"truncate texts to this many tokens, at most the model's positions (default: {DEFAULT_MAX_LENGTH}, or "
+        "the model's positions if fewer)",
+    )
     parser.add_argument(
         "--exclude-special-tokens",
         action="store_true",
@@ -75,26 +89,32 @@ def run_diagnose(args: argparse.Namespace) -> int:
     """Run the ``diagnose`` subcommand; 0 on success, 2 (with a one-line message on stderr) on bad input."""
     try:
         _run(args)
-    except DiagnoseInputError as error:
+    except CommandLineError as error:
         print(f"hf-centered diagnose: error: {error}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR_CODE
     return 0
 
 
 def _run(args: argparse.Namespace) -> None:
     for option in ("max_sequences", "batch_size", "max_length"):
-        if getattr(args, option) < 1:
-            raise DiagnoseInputError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise DiagnoseInputError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
     labels = _labels(args.models, args.labels)
+    check_output_folder(args.out, "--out")
     texts, images, source_name = _load_inputs(args)
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as error:
-        raise DiagnoseInputError(f"--device {args.device!r} is not a torch device: {_first_line(error)}") from error
+        raise DiagnoseInputError(f"--device {args.device!r} is not a torch device: {one_line(error)}") from error
 
-    # Every model's inputs are checked before the first (possibly long) profile runs.
+    # Every model's configuration and inputs are checked before the first weights load and the first profile runs.
+    text_batches = {}
     for name_or_path in args.models:
-        _check_modality(name_or_path, _load(AutoConfig, name_or_path, args.trust_remote_code), texts is not None)
+        config = load_checkpoint_config(name_or_path, args.trust_remote_code)
+        _check_modality(name_or_path, config, texts is not None)
+        if texts is not None:
+            text_batches[name_or_path] = _text_batches(name_or_path, config, texts, args)
     profiles: dict[str, Profile] = {}
     strength_maps: dict[str, tuple[int, dict]] = {}
     for position, (name_or_path, label) in enumerate(zip(args.models, labels, strict=True), start=1):
@@ -102,7 +122,7 @@ def _run(args: argparse.Namespace) -> None:
         if has_learned_strengths(model):
             strength_maps[label] = position, model.correction_strengths()
         if texts is not None:
-            batches = _text_batches(name_or_path, texts, args)
+            batches = text_batches[name_or_path]
         else:
             batches = _image_batches(model.config, name_or_path, images, args.batch_size, args.trust_remote_code)
         profile = oversmoothing_profile(
@@ -158,8 +178,17 @@ def _load_inputs(args: argparse.Namespace) -> tuple[list[str] | None, np.ndarray
     """(texts, None, name) or (None, images [N, H, W] in [0, 1], name), at most --max-sequences of them."""
     if args.text_file is not None:
         if not args.text_file.is_file():
-            raise DiagnoseInputError(f"--text-file {args.text_file} does not exist")
-        texts = [line.strip() for line in args.text_file.read_text().splitlines() if line.strip()]
+            raise DiagnoseInputError(f"--text-file {args.text_file} does not exist or is not a file")
+        try:
+            content = args.text_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise DiagnoseInputError(
+                f"--text-file {args.text_file} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                f"{error.start}); save it as UTF-8"
+            ) from error
+        except OSError as error:
+            raise DiagnoseInputError(f"cannot read --text-file {args.text_file}: {error.strerror}") from error
+        texts = [line.strip() for line in content.splitlines() if line.strip()]
         if not texts:
             raise DiagnoseInputError(f"--text-file {args.text_file} has no non-empty line")
         return texts[: args.max_sequences], None, args.text_file.name
@@ -193,13 +222,9 @@ def _load(auto_class: Any, name_or_path: str, trust_remote_code: bool) -> Any:
             raise DiagnoseInputError(
                 f"model {name_or_path!r} contains custom code; rerun with --trust-remote-code to allow it"
             ) from error
-        raise DiagnoseInputError(f"cannot load model {name_or_path!r}: {_first_line(error)}") from error
+        raise DiagnoseInputError(f"cannot load model {name_or_path!r}: {one_line(error)}") from error
     finally:
         logging.set_verbosity(verbosity)
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _is_image_model(config: Any) -> bool:
@@ -219,25 +244,48 @@ def _check_modality(name_or_path: str, config: Any, inputs_are_text: bool) -> No
         )
 
 
-def _text_batches(name_or_path: str, texts: list[str], args: argparse.Namespace) -> list[Any]:
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise DiagnoseInputError(f"no usable tokenizer saved with {name_or_path!r}: {_first_line(error)}") from error
+def _text_batches(name_or_path: str, config: Any, texts: list[str], args: argparse.Namespace) -> list[Any]:
+    """The texts tokenised with the model's own tokenizer, checked: the length fits the model's positions, and some
+    input has the two tokens a similarity needs."""
+    tokenizer = load_tokenizer(name_or_path, args.trust_remote_code)
     if tokenizer.pad_token is None:
         # GPT-2-style tokenizers have no pad token; any id works because the attention mask hides it.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return [
+    limits = {
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "the tokenizer's model_max_length": tokenizer.model_max_length,
+    }
+    limits = {name: limit for name, limit in limits.items() if isinstance(limit, int) and limit > 0}
+    max_length = args.max_length or min(DEFAULT_MAX_LENGTH, *limits.values())
+    if limits and max_length > min(limits.values()):
+        name, longest = min(limits.items(), key=lambda item: item[1])
+        raise DiagnoseInputError(
+            f"--max-length {max_length} is more than model {name_or_path!r} takes: allowed are 1 to {longest} ({name})"
+        )
+    batches = [
         tokenizer(
             texts[start : start + args.batch_size],
             padding=True,
             truncation=True,
-            max_length=args.max_length,
+            max_length=max_length,
             return_tensors="pt",
             return_special_tokens_mask=args.exclude_special_tokens,
         )
         for start in range(0, len(texts), args.batch_size)
     ]
+    measured = [
+        batch["attention_mask"].bool() & ~batch["special_tokens_mask"].bool()
+        if args.exclude_special_tokens
+        else batch["attention_mask"].bool()
+        for batch in batches
+    ]
+    if not any((mask.sum(dim=1) >= 2).any() for mask in measured):
+        hint = "leave out --exclude-special-tokens or give" if args.exclude_special_tokens else "give"
+        raise DiagnoseInputError(
+            f"no input has two tokens to compare once tokenised for {name_or_path!r}"
+            f"{' without its special tokens' if args.exclude_special_tokens else ''}; {hint} longer texts"
+        )
+    return batches
 
 
 def _image_batches(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import difflib
 import json
 import re
 import shutil
@@ -27,6 +28,7 @@ import torch
 import yaml
 from accelerate import PartialState
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
@@ -44,7 +46,7 @@ from transformers.trainer_utils import SaveStrategy
 
 from . import data as offline_data
 from .auto import peft_modules_to_save
-from .cli import CORRECTION_FIELD_TYPES
+from .cli import CORRECTION_FIELD_TYPES, USAGE_ERROR_CODE, one_line
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig, CorrectionConfigMixin, field_help
 from .correction_base import FIXED_STRENGTH, LEARNED_STRENGTH
 from .corrections import NO_CORRECTION, available_corrections
@@ -80,6 +82,17 @@ RUN_RECORD_IGNORED = {
     "keep_checkpoints",
     "baseline",
 }
+# Configuration entries that --architecture may not set: the run decides them (the labels come from the data).
+ARCHITECTURE_RESERVED_FIELDS = {
+    "model_type",
+    "architectures",
+    "transformers_version",
+    "_name_or_path",
+    "id2label",
+    "label2id",
+}
+# What a configuration raises for a bad value: its own checks, and transformers' typed fields.
+CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError)
 DEFAULT_LORA_TARGETS = {"text": ["query", "value"], "image": ["q_proj", "v_proj"]}
 
 # `python finetune.py` without --config runs this; configs/default.yaml holds exactly the same mapping.
@@ -252,9 +265,21 @@ class ClassificationData:
     dataset_label: str
 
 
+class UsageError(SystemExit):
+    """Bad input, found before any work: `main` writes `finetune.py: error: <message>` to stderr, and the process
+    exits with argparse's code for bad usage, 2. `str()` of the exception is `error: <message>`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(USAGE_ERROR_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"error: {self.message}"
+
+
 def fail(message: str) -> NoReturn:
-    """Stops with one clear line (no traceback, no usage block)."""
-    raise SystemExit(f"error: {message}")
+    """Stops with one clear line (no traceback, no usage block) and exit code 2."""
+    raise UsageError(message)
 
 
 class FinetuneParser(HfArgumentParser):
@@ -274,10 +299,18 @@ def yaml_to_argv(mapping: dict[str, Any], source: str) -> list[str]:
     unknown = sorted(set(mapping) - argument_names())
     if unknown:
         fail(f"unknown key(s) in {source}: {', '.join(unknown)}")
+    list_options = {
+        config_field.name
+        for cls in ARGUMENT_CLASSES
+        for config_field in dataclasses.fields(cls)
+        if "list" in str(config_field.type)
+    }
     tokens = []
     for name, value in mapping.items():
         if value is None:  # null keeps the field's default
             continue
+        if isinstance(value, list) and name not in list_options:
+            fail(f"{name} in {source} takes one value, got the list {value}")
         if isinstance(value, list):
             if value:
                 tokens += [f"--{name}", *(str(item) for item in value)]
@@ -335,7 +368,15 @@ def parse_arguments(argv: list[str] | None = None) -> FinetuneArguments:
     # Only for --help, which would show TrainingArguments' own defaults: the tokens below set the same values.
     parser.set_defaults(**{name: value for name, value in base.items() if value is not None})
     # Later tokens win in argparse, so the command line overrides the file.
-    blocks = parser.parse_args_into_dataclasses(args=base_tokens + remaining)
+    *blocks, unused = parser.parse_args_into_dataclasses(args=base_tokens + remaining, return_remaining_strings=True)
+    if unused:
+        options = [token for token in unused if token.startswith("-")] or unused
+        hints = [
+            f"{option} (did you mean --{close[0]}?)" if close else option
+            for option in options
+            for close in [difflib.get_close_matches(option.lstrip("-"), argument_names(), n=1, cutoff=0.8)]
+        ]
+        fail(f"unknown option(s) {', '.join(hints)}; `finetune.py --help` lists the options")
     args = FinetuneArguments(*blocks)
     validate_arguments(args)
     return args
@@ -568,14 +609,7 @@ def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str, str | None]:
     modality = "image" if args.data.dataset_name in IMAGE_DATASETS else "text"
     try:
         if model_args.architecture is not None:
-            try:
-                architecture = json.loads(model_args.architecture)
-            except json.JSONDecodeError as error:
-                fail(f"architecture must be a JSON object of configuration fields: {error}")
-            if not isinstance(architecture, dict):
-                fail("architecture must be a mapping of configuration fields")
-            config_class = CenteredViTConfig if modality == "image" else CenteredBertConfig
-            return config_class(**architecture, **correction_kwargs), modality, None
+            return architecture_config(model_args.architecture, modality, correction_kwargs), modality, None
         source = model_args.model_name_or_path or str(offline_data.minilm_dir())
         try:
             stock_config = AutoConfig.from_pretrained(source)
@@ -588,8 +622,45 @@ def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str, str | None]:
             fail(f"{source} is a {family[stock_config.model_type]} model but the data are {modality}s")
         config_class = CenteredViTConfig if modality == "image" else CenteredBertConfig
         return config_class.from_pretrained(source, **correction_kwargs), modality, source
-    except (ValueError, TypeError) as error:  # the configuration's own validation, e.g. correction_layers
-        fail(str(error).splitlines()[0])
+    except CONFIG_ERRORS as error:  # the configuration's own validation, e.g. correction_layers
+        fail(one_line(error))
+
+
+def architecture_config(architecture: str, modality: str, correction_kwargs: dict[str, Any]):
+    """The configuration of `--architecture` (a JSON object of BertConfig/ViTConfig fields), checked: its fields
+    exist, have valid values, and build a model (on the meta device, so nothing is allocated)."""
+    config_class = CenteredViTConfig if modality == "image" else CenteredBertConfig
+    try:
+        fields = json.loads(architecture)
+    except json.JSONDecodeError as error:
+        fail(f"architecture must be a JSON object (a mapping in YAML) of configuration fields: {error}")
+    if not isinstance(fields, dict):
+        fail(f"architecture must be a mapping of configuration fields, got {type(fields).__name__} {architecture}")
+    options = sorted(set(fields) & argument_names())
+    if options:
+        fail(f"architecture sets {', '.join(options)}, which are options of their own: pass --{options[0]} instead")
+    reserved = sorted(set(fields) & ARCHITECTURE_RESERVED_FIELDS)
+    if reserved:
+        fail(f"architecture sets {', '.join(reserved)}, which the run decides (the labels come from the data)")
+    allowed = set(config_class().to_dict()) - ARCHITECTURE_RESERVED_FIELDS
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        hints = [
+            f"{name} (did you mean {close[0]}?)" if close else name
+            for name in unknown
+            for close in [difflib.get_close_matches(name, allowed, n=1, cutoff=0.8)]
+        ]
+        fail(f"unknown field(s) in architecture: {', '.join(hints)}; allowed are the fields of {config_class.__name__}")
+    try:
+        config = config_class(**fields, **correction_kwargs)
+    except CONFIG_ERRORS as error:
+        fail(f"architecture is not valid: {one_line(error)}")
+    try:
+        with torch.device("meta"):
+            classification_model_class(modality)(copy.deepcopy(config))
+    except Exception as error:  # what a configuration's values can break in a model's constructor varies widely
+        fail(f"architecture {architecture} does not build a model: {type(error).__name__}: {one_line(error)}")
+    return config
 
 
 def split_indices(labels: list[int], fraction: float, seed: int, groups: list[str] | None = None):
@@ -962,12 +1033,15 @@ def complete_export(
 
 @contextmanager
 def reported_after_training(step: str, model_dir: Path) -> Iterator[None]:
-    """Reports a failure of `step` in one line: the trained model is on disk by then, and the line says where."""
+    """Reports a failure of `step` in one line (exit code 1: the input was fine): the trained model is on disk by
+    then, and the line says where."""
     try:
         yield
     except Exception as error:
         detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no message'}"
-        fail(f"{step} failed after training ({detail}); the trained model is saved in {model_dir}")
+        raise SystemExit(
+            f"error: {step} failed after training ({detail}); the trained model is saved in {model_dir}"
+        ) from error
 
 
 def quality_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -1029,8 +1103,17 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
     A corrected model is compared with the stock model trained the same way (unless --no_baseline): that run comes
     first, into output_dir/BASELINE_DIR, and is reused when a finished one with the same arguments is there.
-    `callbacks` are extra `TrainerCallback`s (the tests use one to interrupt a run).
+    `callbacks` are extra `TrainerCallback`s (the tests use one to interrupt a run). Bad input raises a
+    `UsageError` (exit code 2) after writing its one line to stderr.
     """
+    try:
+        return _main(argv, callbacks)
+    except UsageError as error:
+        print(f"finetune.py: {error}", file=sys.stderr)
+        raise
+
+
+def _main(argv: list[str] | None, callbacks: list[TrainerCallback] | None) -> dict[str, float]:
     args = parse_arguments(argv)
     check_output_dir(args)
     resolve_base_config(args)  # the corrected configuration is checked before the stock baseline trains
