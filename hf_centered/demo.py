@@ -14,6 +14,13 @@ from .data import minilm_dir, rotten_tomatoes
 from .diagnostics import oversmoothing_profile
 from .modeling_centered_bert import CenteredBertModel
 
+HEADER = f"{'correction':<12}{'cos sim':>9}{'eff. rank':>11}{'residual':>10}{'emb. agreement':>16}"
+LEGEND = (
+    "cos sim: mean pairwise token cosine similarity (lower = less smoothed); residual: Dong et al.'s distance to "
+    "rank one (higher = less collapsed); emb. agreement: cosine of the mean-pooled sentence embeddings with the "
+    "stock model's (the corrections change a pretrained model until it is fine-tuned)."
+)
+
 
 def _mean_pooled(model, inputs) -> torch.Tensor:
     hidden = model(**inputs).last_hidden_state
@@ -22,9 +29,9 @@ def _mean_pooled(model, inputs) -> torch.Tensor:
 
 
 def compare_corrections(num_sentences: int = 64, batch_size: int = 16) -> list[dict[str, float | str]]:
-    """Profiles MiniLM converted with every correction (default hyper-parameters) and prints one row per method."""
-    transformers_logging.set_verbosity_error()  # the conversion's load report is expected, not news
-    transformers_logging.disable_progress_bar()
+    """Profiles MiniLM converted with every correction (default hyper-parameters) on `num_sentences` Rotten Tomatoes
+    snippets: one row per method, with the last layer's metrics and the agreement of its mean-pooled sentence
+    embeddings with the stock model's. `format_comparison` turns the rows into the demo's table."""
     path = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     texts = rotten_tomatoes()[0][:num_sentences]
@@ -33,10 +40,6 @@ def compare_corrections(num_sentences: int = 64, batch_size: int = 16) -> list[d
         for i in range(0, len(texts), batch_size)
     ]
     rows, reference_embeddings = [], None
-    print(f"all-MiniLM-L6-v2 (packaged) on {len(texts)} Rotten Tomatoes snippets; last layer, real tokens only")
-    header = f"{'correction':<12}{'cos sim':>9}{'eff. rank':>11}{'residual':>10}{'emb. agreement':>16}"
-    print(header)
-    print("-" * len(header))
     for correction in available_corrections():
         model = CenteredBertModel.from_pretrained(path, correction=correction).eval()
         with torch.no_grad():
@@ -45,28 +48,40 @@ def compare_corrections(num_sentences: int = 64, batch_size: int = 16) -> list[d
             reference_embeddings = embeddings
         profile = oversmoothing_profile(model, batches, progress=False)
         agreement = torch.nn.functional.cosine_similarity(embeddings, reference_embeddings).mean().item()
-        row = {
-            "correction": correction,
-            "cosine_similarity": profile["cosine_similarity"][-1],
-            "effective_rank": profile["effective_rank"][-1],
-            "rank_collapse_residual": profile["rank_collapse_residual"][-1],
-            "embedding_agreement": agreement,
-        }
-        rows.append(row)
-        print(
-            f"{correction:<12}{row['cosine_similarity']:>9.3f}{row['effective_rank']:>11.2f}"
-            f"{row['rank_collapse_residual']:>10.3f}{agreement:>16.3f}"
+        rows.append(
+            {
+                "correction": correction,
+                "cosine_similarity": profile["cosine_similarity"][-1],
+                "effective_rank": profile["effective_rank"][-1],
+                "rank_collapse_residual": profile["rank_collapse_residual"][-1],
+                "embedding_agreement": agreement,
+            }
         )
-    print(
-        "\ncos sim: mean pairwise token cosine similarity (lower = less smoothed); residual: Dong et al.'s distance to "
-        "rank one (higher = less collapsed); emb. agreement: cosine of the mean-pooled sentence embeddings with the "
-        "stock model's (the corrections change a pretrained model until it is fine-tuned)."
-    )
     return rows
 
 
-def main() -> None:
-    compare_corrections()
+def format_comparison(rows: list[dict[str, float | str]], num_sentences: int) -> str:
+    """The demo's table of `compare_corrections` rows, with its title and legend."""
+    lines = [
+        f"all-MiniLM-L6-v2 (packaged) on {num_sentences} Rotten Tomatoes snippets; last layer, real tokens only",
+        HEADER,
+        "-" * len(HEADER),
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['correction']:<12}{row['cosine_similarity']:>9.3f}{row['effective_rank']:>11.2f}"
+            f"{row['rank_collapse_residual']:>10.3f}{row['embedding_agreement']:>16.3f}"
+        )
+    return "\n".join(lines) + "\n\n" + LEGEND
+
+
+def main(num_sentences: int = 64) -> None:
+    """`hf-centered demo` / `python -m hf_centered.demo`: the comparison, printed as a table."""
+    # The conversion's load report is expected here, not news.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    num_sentences = min(num_sentences, len(rotten_tomatoes()[0]))
+    print(format_comparison(compare_corrections(num_sentences=num_sentences), num_sentences))
 
 
 if __name__ == "__main__":
