@@ -6,8 +6,6 @@ Stock weight names are unchanged and checkpoints are read and written in the leg
 also projects NeuTRENO's V⁰), and the model loop (padding mask, corrected final norm, fusion).
 """
 
-from __future__ import annotations
-
 from dataclasses import replace
 
 import torch
@@ -20,6 +18,8 @@ from transformers.conversion_mapping import (
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer, eager_attention_forward
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
@@ -133,7 +133,7 @@ class CenteredViTPreTrainedModel(CenteredPreTrainedMixin, ViTPreTrainedModel):
     _no_split_modules = ["ViTEmbeddings", "CenteredViTLayer"]
 
     @classmethod
-    def auto_model_classes(cls) -> dict[str, type[CenteredViTPreTrainedModel]]:
+    def auto_model_classes(cls) -> dict[str, type["CenteredViTPreTrainedModel"]]:
         return AUTO_MODEL_CLASSES
 
     @torch.no_grad()
@@ -164,7 +164,7 @@ class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):
         bool_masked_pos: torch.BoolTensor | None = None,
         interpolate_pos_encoding: bool | None = None,
         attention_mask: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         self.config.check_structure(self.built_structure)
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype

@@ -335,13 +335,7 @@ FAST_VARIANTS = {
 
 # A test stock passes and ours does not: `{(family, test name): reason}`, marked `xfail(strict=True)`, so it fails
 # once the fix lands and the entry must go.
-KNOWN_FAILURES = {
-    (
-        "ViT",
-        "test_eager_matches_sdpa_inference_24_fp32_pad_left_output_attentions",
-    ): "CenteredViTModel.forward takes `**kwargs` without `Unpack[TransformersKwargs]`, so the suite (like "
-    "transformers' other signature checks) finds no `output_attentions` and skips the check that stock ViT passes",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def _stock_class(model_class: type) -> type:
