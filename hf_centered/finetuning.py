@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import os
 import re
 import shutil
 import sys
@@ -419,6 +420,14 @@ def validate_arguments(args: FinetuneArguments) -> None:
         problem = checkpoint_problem(Path(target))
         if problem is not None:
             fail(f"resume_from_checkpoint={resume!r} is not a complete checkpoint: {problem}")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and args.training.device.type == "cpu":
+        # accelerate shards only on an accelerator: on CPU it would train every process's full copy (plain data
+        # parallelism) while transformers, reading the same variable, loads every process but the first on the meta
+        # device, which then fails with "Cannot copy out of meta tensor".
+        fail(
+            "FSDP runs on GPUs only: without one, accelerate runs an FSDP configuration as plain data parallelism; "
+            "on CPU launch with configs/accelerate/ddp.yaml or torchrun"
+        )
 
 
 def resume_target(training_args: TrainingArguments) -> str | None:
@@ -610,7 +619,7 @@ def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str, str | None]:
     try:
         if model_args.architecture is not None:
             return architecture_config(model_args.architecture, modality, correction_kwargs), modality, None
-        source = model_args.model_name_or_path or str(offline_data.minilm_dir())
+        source = model_args.model_name_or_path or offline_data.minilm_dir()
         try:
             stock_config = AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as error:
@@ -914,7 +923,7 @@ def base_model_id(source: str | None) -> str | None:
     """The Hub id the card names as base model (the packaged MiniLM is all-MiniLM-L6-v2 on the Hub)."""
     if source is None:
         return None
-    if Path(source).resolve() == offline_data.minilm_dir().resolve():
+    if Path(source).resolve() == Path(offline_data.minilm_dir()).resolve():
         return MINILM_HUB_ID
     return source
 
@@ -998,7 +1007,7 @@ def save_trained_model(model, args: FinetuneArguments, processor, data: Classifi
         model.save_pretrained(model_dir)
         processor.save_pretrained(model_dir)
     else:
-        export_for_hub(model, model_dir, processor, overwrite=True, **card_fields(args, data, source))
+        export_for_hub(model, model_dir, processor, overwrite=True, source=source, **card_fields(args, data, source))
 
 
 def complete_export(
@@ -1027,7 +1036,7 @@ def complete_export(
         fields = card_fields(args, data, source, metrics)
         if baseline is not None:
             fields.update(baseline_metrics=quality_metrics(baseline.metrics), baseline_profile=baseline.profile)
-        export_for_hub(model, output_dir, processor, overwrite=True, profile=profile, **fields)
+        export_for_hub(model, output_dir, processor, overwrite=True, source=source, profile=profile, **fields)
     return output_dir, profile
 
 

@@ -545,6 +545,7 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("empty_evaluation_split", r"the validation data hold no examples"),
         ("foreign_output_dir", r"is not empty and holds no fine-tuning run; pass --overwrite"),
         ("different_run", r"holds a run with a different configuration \(learning_rate\)"),
+        ("fsdp_on_cpu", r"FSDP runs on GPUs only: .*on CPU launch with configs/accelerate/ddp.yaml or torchrun"),
     ],
 )
 def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, message):
@@ -635,6 +636,8 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         output_dir.mkdir()
         (output_dir / finetuning.RUN_RECORD).write_text(json.dumps(finetuning.run_record(parse_arguments(argv))))
         argv += ["--learning_rate", "0.5"]
+    elif case == "fsdp_on_cpu":  # what `accelerate launch --config_file configs/accelerate/fsdp-*.yaml` sets
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
 
     def contents() -> list[str]:
         return sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
