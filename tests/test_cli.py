@@ -257,3 +257,18 @@ def test_the_process_exits_with_2_and_one_line(tmp_path, command):
     (line,) = result.stderr.strip().splitlines()
     assert ": error: " in line and ("does not exist" in line or "unknown option(s) --unknown_option" in line), line
     assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_library_function_prints_nothing(capsys):
+    """`compare_corrections` returns its rows; only the command (`hf-centered demo`) prints the table."""
+    from hf_centered.demo import compare_corrections, format_comparison
+
+    rows = compare_corrections(num_sentences=4)
+    assert capsys.readouterr().out == ""
+    assert [row["correction"] for row in rows] == ["none", "centered", "neutreno", "contranorm", "dgn"]
+    assert rows[0]["embedding_agreement"] == pytest.approx(1.0, abs=1e-6)
+    table = format_comparison(rows, num_sentences=4).splitlines()
+    assert table[0].startswith("all-MiniLM-L6-v2 (packaged) on 4 Rotten Tomatoes snippets")
+    assert table[3].split()[0] == "none" and float(table[3].split()[1]) == pytest.approx(
+        rows[0]["cosine_similarity"], abs=5e-4
+    )
