@@ -147,7 +147,16 @@ ConfigTester = configuration_common.ConfigTester
 floats_tensor, ids_tensor, random_attention_mask = common.floats_tensor, common.ids_tensor, common.random_attention_mask
 
 
-class BertTester:
+class Tester:
+    """What both testers hold: the test case they report to, and the configuration class and corrections to build."""
+
+    def __init__(self, parent: unittest.TestCase, config_class: type, **corrections):
+        self.parent = parent
+        self.config_class = config_class
+        self.corrections = corrections
+
+
+class BertTester(Tester):
     """The stock `BertModelTester`'s sizes and inputs, building `config_class` with `corrections`."""
 
     batch_size = 13
@@ -163,11 +172,6 @@ class BertTester:
     num_labels = 3
     num_choices = 4
     is_training = True
-
-    def __init__(self, parent: unittest.TestCase, config_class: type = CenteredBertConfig, **corrections):
-        self.parent = parent
-        self.config_class = config_class
-        self.corrections = corrections
 
     def get_config(self):
         return self.config_class(
@@ -199,7 +203,7 @@ class BertTester:
         return config, {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 
 
-class ViTTester:
+class ViTTester(Tester):
     """The stock `ViTModelTester`'s sizes and inputs (eager attention, as there), building `config_class`."""
 
     batch_size = 13
@@ -217,11 +221,6 @@ class ViTTester:
     seq_length = mask_length + 1
     mask_ratio = 0.5
     num_masks = int(mask_ratio * seq_length)
-
-    def __init__(self, parent: unittest.TestCase, config_class: type = CenteredViTConfig, **corrections):
-        self.parent = parent
-        self.config_class = config_class
-        self.corrections = corrections
 
     def get_config(self):
         return self.config_class(
