@@ -12,12 +12,22 @@ from .hub import export_for_hub, push_to_hub
 from .image_processing_centered_vit import CenteredViTImageProcessor
 from .modeling_centered_bert import (
     CenteredBertForMaskedLM,
+    CenteredBertForMultipleChoice,
+    CenteredBertForNextSentencePrediction,
+    CenteredBertForPreTraining,
+    CenteredBertForQuestionAnswering,
     CenteredBertForSequenceClassification,
     CenteredBertForTokenClassification,
     CenteredBertModel,
     CenteredBertPreTrainedModel,
 )
-from .modeling_centered_vit import CenteredViTForImageClassification, CenteredViTModel, CenteredViTPreTrainedModel
+from .modeling_centered_vit import (
+    CenteredViTForImageClassification,
+    CenteredViTForMaskedImageModeling,
+    CenteredViTForSemanticSegmentation,
+    CenteredViTModel,
+    CenteredViTPreTrainedModel,
+)
 
 __version__ = "0.1.0"
 
@@ -28,12 +38,18 @@ __all__ = [
     "AUTO_CLASSES",
     "CenteredBertConfig",
     "CenteredBertForMaskedLM",
+    "CenteredBertForMultipleChoice",
+    "CenteredBertForNextSentencePrediction",
+    "CenteredBertForPreTraining",
+    "CenteredBertForQuestionAnswering",
     "CenteredBertForSequenceClassification",
     "CenteredBertForTokenClassification",
     "CenteredBertModel",
     "CenteredBertPreTrainedModel",
     "CenteredViTConfig",
     "CenteredViTForImageClassification",
+    "CenteredViTForMaskedImageModeling",
+    "CenteredViTForSemanticSegmentation",
     "CenteredViTImageProcessor",
     "CenteredViTModel",
     "CenteredViTPreTrainedModel",

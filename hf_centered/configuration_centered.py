@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from huggingface_hub.dataclasses import strict
+from huggingface_hub.dataclasses import strict, validated_field
 from transformers import BertConfig, ViTConfig
 from transformers.utils import logging
 
@@ -30,6 +30,15 @@ def _is_number(value) -> bool:
 
 def _allowed(names) -> str:
     return ", ".join(repr(name) for name in names)
+
+
+def _check_ignore_index(value) -> None:
+    """Validator of `semantic_loss_ignore_index` (the file's postponed annotations leave its `int` unchecked)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"semantic_loss_ignore_index={value!r} is not valid: allowed values are integers (a label no pixel class "
+            "uses, e.g. 255)."
+        )
 
 
 def field_help(name: str) -> str:
@@ -258,6 +267,11 @@ class CenteredViTConfig(CorrectionConfigMixin, ViTConfig):
 
     A plain ViT `config.json` (`model_type: "vit"`) loads into this class and becomes `centered_vit`.
 
+    Args:
+        semantic_loss_ignore_index (`int`, defaults to 255):
+            The label of the pixels that [`CenteredViTForSemanticSegmentation`]'s loss ignores (255, as the stock
+            segmentation configurations, e.g. Segformer's, BEiT's and DPT's).
+
     Example:
 
     ```python
@@ -268,3 +282,5 @@ class CenteredViTConfig(CorrectionConfigMixin, ViTConfig):
 
     model_type = "centered_vit"
     stock_model_type = "vit"
+
+    semantic_loss_ignore_index: int = validated_field(_check_ignore_index, default=255)

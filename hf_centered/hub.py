@@ -80,7 +80,15 @@ PIPELINE_TAGS = {
     "AutoModelForSequenceClassification": "text-classification",
     "AutoModelForTokenClassification": "token-classification",
     "AutoModelForMaskedLM": "fill-mask",
+    "AutoModelForQuestionAnswering": "question-answering",
+    "AutoModelForMultipleChoice": "multiple-choice",
+    # The Hub has no tag of their own: next-sentence prediction classifies a sentence pair; a pre-training checkpoint
+    # is used through its masked-LM head (as stock BERT checkpoints are), a masked-image-modelling one as a backbone.
+    "AutoModelForNextSentencePrediction": "text-classification",
+    "AutoModelForPreTraining": "fill-mask",
     "AutoModelForImageClassification": "image-classification",
+    "AutoModelForMaskedImageModeling": "image-feature-extraction",
+    "AutoModelForSemanticSegmentation": "image-segmentation",
 }
 
 

@@ -1,11 +1,16 @@
-"""The ViT image processor with the model's number of channels, so that grey-level models take any image.
+"""The ViT image processor with the model's number of channels, so that grey-level models take any image, and the
+post-processing of segmentation maps.
 
 The image-classification pipeline hands every PIL image over as RGB (`transformers.image_utils.load_image`), and the
 stock processors keep the channels they are given, so a 1-channel model (e.g. one trained on the digits) received 3.
+The image-segmentation pipeline turns a model's logits into label maps through the processor's
+`post_process_semantic_segmentation`, which the stock ViT processors lack (stock ViT has no segmentation head).
 """
 
 from __future__ import annotations
 
+import torch
+from torch.nn import functional as F
 from transformers import ViTImageProcessorPil
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import ImagesKwargs, Unpack
@@ -46,6 +51,24 @@ class CenteredViTImageProcessor(ViTImageProcessorPil):
         if num_channels == 3 and image.shape[0] == 1:
             return image.repeat(3, axis=0)
         return image
+
+    def post_process_semantic_segmentation(
+        self, outputs, target_sizes: list[tuple[int, int]] | torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """The label map `(height, width)` of each image: the argmax over classes of `outputs.logits`
+        `(batch, num_labels, H, W)` (a `CenteredViTForSemanticSegmentation` output), whose logits are first resized
+        bilinearly to `target_sizes[i]` `(height, width)` when given (the image-segmentation pipeline passes each
+        original image's size), as Segformer's processor does."""
+        logits = outputs.logits
+        if target_sizes is None:
+            return list(logits.argmax(dim=1))
+        if len(target_sizes) != len(logits):
+            raise ValueError(f"target_sizes has {len(target_sizes)} sizes for a batch of {len(logits)} images.")
+        label_maps = []
+        for image_logits, (height, width) in zip(logits, target_sizes, strict=True):
+            resized = F.interpolate(image_logits[None], size=(int(height), int(width)), mode="bilinear")
+            label_maps.append(resized[0].argmax(dim=0))
+        return label_maps
 
 
 __all__ = ["CenteredViTImageProcessor"]

@@ -12,6 +12,10 @@ import torch
 from torch import nn
 from transformers import (
     BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
@@ -198,7 +202,8 @@ class CenteredBertEncoder(BertEncoder):
 
 class CenteredBertPreTrainedModel(CenteredPreTrainedMixin, BertPreTrainedModel):
     config_class = CenteredBertConfig
-    # Trainer must not rescale the loss: the heads' cross-entropy is a plain mean (see huggingface.md §4).
+    # Trainer must not rescale the loss: every head's loss is a plain mean (cross-entropy; question answering averages
+    # its start and end losses, pre-training adds its masked-LM and next-sentence ones), see huggingface.md §4.
     accepts_loss_kwargs = False
     _no_split_modules = ["BertEmbeddings", "CenteredBertLayer"]
 
@@ -242,17 +247,56 @@ class CenteredBertForTokenClassification(CenteredBertPreTrainedModel, BertForTok
         self.post_init()
 
 
+class CenteredBertForQuestionAnswering(CenteredBertPreTrainedModel, BertForQuestionAnswering):
+    def __init__(self, config: CenteredBertConfig):
+        super().__init__(config)
+        self.bert = CenteredBertModel(config, add_pooling_layer=False)
+        self.post_init()
+
+
+class CenteredBertForMultipleChoice(CenteredBertPreTrainedModel, BertForMultipleChoice):
+    def __init__(self, config: CenteredBertConfig):
+        super().__init__(config)
+        self.bert = CenteredBertModel(config)
+        self.post_init()
+
+
+class CenteredBertForNextSentencePrediction(CenteredBertPreTrainedModel, BertForNextSentencePrediction):
+    def __init__(self, config: CenteredBertConfig):
+        super().__init__(config)
+        self.bert = CenteredBertModel(config)
+        self.post_init()
+
+
+class CenteredBertForPreTraining(CenteredBertPreTrainedModel, BertForPreTraining):
+    """The masked-LM and next-sentence heads; as in stock BERT, the decoder is tied to the word embeddings (the stock
+    `_tied_weights_keys`, tied again by `post_init` once our backbone is in place)."""
+
+    def __init__(self, config: CenteredBertConfig):
+        super().__init__(config)
+        self.bert = CenteredBertModel(config)
+        self.post_init()
+
+
 AUTO_MODEL_CLASSES = {
     "AutoModel": CenteredBertModel,
     "AutoModelForSequenceClassification": CenteredBertForSequenceClassification,
     "AutoModelForMaskedLM": CenteredBertForMaskedLM,
     "AutoModelForTokenClassification": CenteredBertForTokenClassification,
+    "AutoModelForQuestionAnswering": CenteredBertForQuestionAnswering,
+    "AutoModelForMultipleChoice": CenteredBertForMultipleChoice,
+    "AutoModelForNextSentencePrediction": CenteredBertForNextSentencePrediction,
+    "AutoModelForPreTraining": CenteredBertForPreTraining,
 }
 """The model class each Auto class loads for `centered_bert`."""
 
 __all__ = [
     "AUTO_MODEL_CLASSES",
     "CenteredBertForMaskedLM",
+    "CenteredBertForMultipleChoice",
+    "CenteredBertForNextSentencePrediction",
+    "CenteredBertForPreTraining",
+    "CenteredBertForQuestionAnswering",
     "CenteredBertForSequenceClassification",
     "CenteredBertForTokenClassification",
     "CenteredBertModel",

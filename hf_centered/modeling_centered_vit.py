@@ -10,17 +10,18 @@ from dataclasses import replace
 
 import torch
 from torch import nn
-from transformers import ViTForImageClassification, ViTModel, ViTPreTrainedModel
+from torch.nn import functional as F
+from transformers import ViTForImageClassification, ViTForMaskedImageModeling, ViTModel, ViTPreTrainedModel
 from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
 )
 from transformers.masking_utils import create_bidirectional_mask
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SemanticSegmenterOutput
 from transformers.models.vit.modeling_vit import ViTAttention, ViTLayer, eager_attention_forward
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_centered import CenteredViTConfig
@@ -128,7 +129,8 @@ class CenteredViTLayer(ViTLayer):
 
 class CenteredViTPreTrainedModel(CenteredPreTrainedMixin, ViTPreTrainedModel):
     config_class = CenteredViTConfig
-    # Trainer must not rescale the loss: the head's cross-entropy is a plain mean (see huggingface.md §4).
+    # Trainer must not rescale the loss: every head's loss is a plain mean (cross-entropy over images or pixels, masked
+    # image modelling's L1 over the masked pixels), see huggingface.md §4.
     accepts_loss_kwargs = False
     _no_split_modules = ["ViTEmbeddings", "CenteredViTLayer"]
 
@@ -195,10 +197,91 @@ class CenteredViTForImageClassification(CenteredViTPreTrainedModel, ViTForImageC
         self.post_init()
 
 
+class CenteredViTForMaskedImageModeling(CenteredViTPreTrainedModel, ViTForMaskedImageModeling):
+    """SimMIM masked image modelling: the backbone has a mask token, which replaces the patches of `bool_masked_pos`."""
+
+    def __init__(self, config: CenteredViTConfig):
+        super().__init__(config)
+        self.vit = CenteredViTModel(config, add_pooling_layer=False, use_mask_token=True)
+        self.post_init()
+
+
+class CenteredViTForSemanticSegmentation(CenteredViTPreTrainedModel):
+    r"""ViT with the linear decoder of Segmenter (Strudel, Garcia, Laptev & Schmid, *Segmenter: Transformer for
+    Semantic Segmentation*, ICCV 2021), its baseline decoder; the NeuTRENO paper evaluates on Segmenter.
+
+    Stock transformers has no ViT segmentation head. This one follows Segmenter's `DecoderLinear`: the patch tokens of
+    the final LayerNorm's output ([CLS] dropped; the fused tokens under a fusion) go through one
+    `Linear(hidden_size, num_labels)` (`decode_head`, no norm of its own), which gives a `(num_labels, H/p, W/p)` map
+    of logits per image, p the patch size; bilinear upsampling (`align_corners=False`, as Segmenter) brings it to the
+    input's size `(H, W)`. A linear decoder adds no attention, so the corrections act in the backbone only.
+
+    `logits` are returned at the input's size, as UperNet's are (Segformer, BEiT and DPT return them at their
+    decoders' resolution and upsample in the loss only); `CenteredViTImageProcessor.post_process_semantic_segmentation`
+    resizes them to the original images' sizes. The loss is the cross-entropy over the pixels of `labels`
+    `(B, H, W)`, averaged over those not equal to `config.semantic_loss_ignore_index`.
+
+    Inputs of another size than `config.image_size`, square or not, need `interpolate_pos_encoding=True` (the position
+    embeddings are interpolated to the patch grid). As in stock ViT, the patch embedding skips the last `H mod p` rows
+    and `W mod p` columns of pixels; their logits come from the upsampling (Segmenter pads the image instead).
+    """
+
+    def __init__(self, config: CenteredViTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit = CenteredViTModel(config, add_pooling_layer=False)
+        self.decode_head = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SemanticSegmenterOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            The class of each pixel, in `[0, config.num_labels)`; pixels equal to `config.semantic_loss_ignore_index`
+            do not count in the loss.
+        """
+        if labels is not None and self.num_labels < 2:
+            raise ValueError(f"num_labels={self.num_labels} is not valid for a cross-entropy loss: allowed are >= 2.")
+        outputs: BaseModelOutputWithPooling = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
+        height, width = pixel_values.shape[-2:]
+        patch_height, patch_width = self.vit.embeddings.patch_embeddings.patch_size
+        patch_logits = self.decode_head(outputs.last_hidden_state[:, 1:])  # (B, patches, num_labels), [CLS] dropped
+        patch_logits = patch_logits.transpose(1, 2).unflatten(2, (height // patch_height, width // patch_width))
+        logits = F.interpolate(patch_logits, size=(height, width), mode="bilinear", align_corners=False)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels, ignore_index=self.config.semantic_loss_ignore_index)
+        return SemanticSegmenterOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
 AUTO_MODEL_CLASSES = {
     "AutoModel": CenteredViTModel,
     "AutoModelForImageClassification": CenteredViTForImageClassification,
+    "AutoModelForMaskedImageModeling": CenteredViTForMaskedImageModeling,
+    "AutoModelForSemanticSegmentation": CenteredViTForSemanticSegmentation,
 }
 """The model class each Auto class loads for `centered_vit`."""
 
-__all__ = ["AUTO_MODEL_CLASSES", "CenteredViTForImageClassification", "CenteredViTModel", "CenteredViTPreTrainedModel"]
+__all__ = [
+    "AUTO_MODEL_CLASSES",
+    "CenteredViTForImageClassification",
+    "CenteredViTForMaskedImageModeling",
+    "CenteredViTForSemanticSegmentation",
+    "CenteredViTModel",
+    "CenteredViTPreTrainedModel",
+]
