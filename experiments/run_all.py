@@ -365,15 +365,15 @@ def recipe_argv(scratch_dir: Path) -> list[str]:
 
 
 def prepared_data(argv: list[str]):
-    """finetune.py's own pipeline up to the data: (arguments, configuration, modality, source, processor, data)."""
+    """finetune.py's own pipeline up to the data: (arguments, configuration, source, processor, data)."""
     from hf_centered import finetuning
 
     args = finetuning.parse_arguments(argv)
-    config, modality, source = finetuning.resolve_base_config(args)
-    processor = finetuning.load_processor(args, config, modality, source)
-    data = finetuning.load_classification_data(args, config, modality, processor)
-    config.num_labels = len(data.label_names)
-    return args, config, modality, source, processor, data
+    config, source = finetuning.resolve_base_config(args)
+    processor = finetuning.load_processor(args, config, source)
+    data = args.task.load_data(args, config, processor)
+    args.task.configure(config, data)
+    return args, config, source, processor, data
 
 
 def training_seconds(output_dir: Path) -> float:
@@ -386,11 +386,11 @@ def execute_unit(unit: Unit, output_dir: Path, profile_sequences: int, recipe: l
     from hf_centered import finetuning
 
     argv = [*recipe, *unit.options, "--output_dir", str(output_dir)]
-    args, config, modality, source, _, data = prepared_data(argv)
+    args, config, source, _, data = prepared_data(argv)
     batch_size = args.training.per_device_eval_batch_size
     result: dict[str, Any] = {"train_examples": len(data.train), "eval_examples": len(data.evaluation)}
     if unit.kind == "pretrained":
-        model = finetuning.build_model(config, source, modality)
+        model = finetuning.build_model(config, source, args.task)
     else:
         metrics = finetuning.main(argv)
         result.update(
@@ -398,7 +398,7 @@ def execute_unit(unit: Unit, output_dir: Path, profile_sequences: int, recipe: l
             f1_macro=metrics["eval_f1_macro"],
             train_seconds=training_seconds(output_dir),
         )
-        model = finetuning.classification_model_class(modality).from_pretrained(output_dir)
+        model = args.task.model_class.from_pretrained(output_dir)
         if has_learned_strengths(model):
             result["strengths"] = model.correction_strengths()
     result.update(measure(model, data.evaluation, batch_size, profile_sequences))

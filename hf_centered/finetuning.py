@@ -24,30 +24,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import numpy as np
 import torch
 import yaml
 from accelerate import PartialState
-from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoTokenizer,
-    DataCollatorWithPadding,
     HfArgumentParser,
     Trainer,
     TrainerCallback,
     TrainingArguments,
-    default_data_collator,
     set_seed,
 )
 from transformers.trainer_utils import SaveStrategy
 
 from . import data as offline_data
 from .auto import peft_modules_to_save
-from .cli import CORRECTION_FIELD_TYPES, USAGE_ERROR_CODE, one_line
+from .cli import CORRECTION_FIELD_TYPES, one_line
 from .configuration_centered import CenteredBertConfig, CenteredViTConfig, CorrectionConfigMixin, field_help
 from .correction_base import FIXED_STRENGTH, LEARNED_STRENGTH
 from .corrections import NO_CORRECTION, available_corrections
@@ -55,15 +51,21 @@ from .diagnostics import Profile, oversmoothing_profile
 from .fusion import NO_FUSION, available_fusions
 from .hub import EXPORT_MANIFEST, export_for_hub, push_to_hub
 from .image_processing_centered_vit import CenteredViTImageProcessor
-from .metrics import compute_metrics
-from .modeling_centered_bert import CenteredBertForSequenceClassification
-from .modeling_centered_vit import CenteredViTForImageClassification
 from .strength_maps import has_learned_strengths, summarise_strengths
+from .tasks import (
+    DEFAULT_TASK,
+    TASKS,
+    Task,
+    TaskData,
+    UsageError,
+    available_tasks,
+    builtin_datasets,
+    fail,
+    task_of_dataset,
+)
+from .tasks.base import IMAGE, TEXT
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-TEXT_DATASETS = ("rotten_tomatoes", "bbc_news")
-IMAGE_DATASETS = ("digits",)
-BUILTIN_DATASETS = TEXT_DATASETS + IMAGE_DATASETS
 RUN_RECORD = "finetune_args.json"
 BASELINE_DIR = "stock-baseline"  # the stock model's run under the same setup, inside output_dir
 GATHERED_DIR = "gathered-weights"  # scratch folder of the full weights of a sharded (FSDP/DeepSpeed) run
@@ -94,7 +96,9 @@ ARCHITECTURE_RESERVED_FIELDS = {
 }
 # What a configuration raises for a bad value: its own checks, and transformers' typed fields.
 CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError)
-DEFAULT_LORA_TARGETS = {"text": ["query", "value"], "image": ["q_proj", "v_proj"]}
+DEFAULT_LORA_TARGETS = {TEXT: ["query", "value"], IMAGE: ["q_proj", "v_proj"]}
+# How the printed results name a metric (the card keeps the Hub's metric ids).
+METRIC_TITLES = {"f1_macro": "macro-F1", "exact_match": "exact match", "mean_iou": "mean IoU"}
 
 # `python finetune.py` without --config runs this; configs/default.yaml holds exactly the same mapping.
 EMBEDDED_DEFAULT: dict[str, Any] = {
@@ -171,10 +175,17 @@ CorrectionArguments.__doc__ = "The anti-over-smoothing fields of `CorrectionConf
 class DataArguments:
     """Which data, how it is split, sampled and tokenised."""
 
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": f"What the model learns, a Hub pipeline tag: {', '.join(available_tasks())}. Default: the task of "
+            f"a built-in dataset, else {DEFAULT_TASK}."
+        },
+    )
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": f"Built-in offline dataset ({', '.join(BUILTIN_DATASETS)}) or a name for datasets.load_dataset; "
+            "help": f"Built-in offline dataset ({', '.join(builtin_datasets())}) or a name for datasets.load_dataset; "
             "ignored when --train_file is given."
         },
     )
@@ -234,7 +245,7 @@ class OutputArguments:
     )
 
 
-ARGUMENT_CLASSES = (
+RUNNER_ARGUMENT_CLASSES = (
     ModelArguments,
     CorrectionArguments,
     DataArguments,
@@ -242,6 +253,8 @@ ARGUMENT_CLASSES = (
     OutputArguments,
     TrainingArguments,
 )
+TASK_ARGUMENT_CLASSES = {task.name: task.arguments for task in TASKS.values() if task.arguments is not None}
+ARGUMENT_CLASSES = RUNNER_ARGUMENT_CLASSES + tuple(TASK_ARGUMENT_CLASSES.values())
 
 
 @dataclass
@@ -254,33 +267,12 @@ class FinetuneArguments:
     peft: PeftArguments
     output: OutputArguments
     training: TrainingArguments
+    task_options: dict[str, Any]  # task name -> its `Task.arguments` instance
 
-
-@dataclass
-class ClassificationData:
-    """Tokenised (or pixel) datasets ready for the Trainer, with the class names."""
-
-    train: Dataset
-    evaluation: Dataset
-    label_names: list[str]
-    dataset_label: str
-
-
-class UsageError(SystemExit):
-    """Bad input, found before any work: `main` writes `finetune.py: error: <message>` to stderr, and the process
-    exits with argparse's code for bad usage, 2. `str()` of the exception is `error: <message>`."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(USAGE_ERROR_CODE)
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"error: {self.message}"
-
-
-def fail(message: str) -> NoReturn:
-    """Stops with one clear line (no traceback, no usage block) and exit code 2."""
-    raise UsageError(message)
+    @property
+    def task(self) -> Task:
+        """The task this run trains (`validate_arguments` has resolved `data.task`)."""
+        return TASKS[self.data.task]
 
 
 class FinetuneParser(HfArgumentParser):
@@ -378,7 +370,9 @@ def parse_arguments(argv: list[str] | None = None) -> FinetuneArguments:
             for close in [difflib.get_close_matches(option.lstrip("-"), argument_names(), n=1, cutoff=0.8)]
         ]
         fail(f"unknown option(s) {', '.join(hints)}; `finetune.py --help` lists the options")
-    args = FinetuneArguments(*blocks)
+    runner_blocks = blocks[: len(RUNNER_ARGUMENT_CLASSES)]
+    task_options = dict(zip(TASK_ARGUMENT_CLASSES, blocks[len(RUNNER_ARGUMENT_CLASSES) :], strict=True))
+    args = FinetuneArguments(*runner_blocks, task_options=task_options)
     validate_arguments(args)
     return args
 
@@ -391,6 +385,17 @@ def validate_arguments(args: FinetuneArguments) -> None:
     if args.correction.fusion not in available_fusions():
         fail(f"unknown fusion {args.correction.fusion!r}; choose among {available_fusions()}")
     data_args = args.data
+    if data_args.task is None:
+        data_args.task = task_of_dataset(data_args.dataset_name) or DEFAULT_TASK
+    if data_args.task not in TASKS:
+        fail(f"unknown task {data_args.task!r}; choose among {', '.join(available_tasks())}")
+    check_task_options(args)
+    builtin_task = task_of_dataset(data_args.dataset_name) if data_args.train_file is None else None
+    if builtin_task not in (None, data_args.task):
+        fail(
+            f"the built-in dataset {data_args.dataset_name!r} is for --task {builtin_task}; the built-in datasets of "
+            f"{data_args.task} are {', '.join(args.task.builtin_datasets) or 'none (give files or a Hub name)'}"
+        )
     if data_args.dataset_name is None and data_args.train_file is None:
         fail("give a dataset (--dataset_name) or a training file (--train_file)")
     if data_args.train_file is not None:
@@ -420,6 +425,7 @@ def validate_arguments(args: FinetuneArguments) -> None:
         problem = checkpoint_problem(Path(target))
         if problem is not None:
             fail(f"resume_from_checkpoint={resume!r} is not a complete checkpoint: {problem}")
+    args.task.check_arguments(args)
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and args.training.device.type == "cpu":
         # accelerate shards only on an accelerator: on CPU it would train every process's full copy (plain data
         # parallelism) while transformers, reading the same variable, loads every process but the first on the meta
@@ -428,6 +434,16 @@ def validate_arguments(args: FinetuneArguments) -> None:
             "FSDP runs on GPUs only: without one, accelerate runs an FSDP configuration as plain data parallelism; "
             "on CPU launch with configs/accelerate/ddp.yaml or torchrun"
         )
+
+
+def check_task_options(args: FinetuneArguments) -> None:
+    """Refuses an option of another task than the one run: it would be silently ignored."""
+    for name, options in args.task_options.items():
+        if name == args.data.task:
+            continue
+        for option in dataclasses.fields(options):
+            if getattr(options, option.name) != dataclasses.asdict(type(options)())[option.name]:
+                fail(f"--{option.name} is an option of --task {name}, not of --task {args.data.task}")
 
 
 def resume_target(training_args: TrainingArguments) -> str | None:
@@ -580,7 +596,7 @@ def correction_config_kwargs(correction_args) -> dict[str, Any]:
 def run_record(args: FinetuneArguments) -> dict[str, Any]:
     """What identifies a run, JSON-safe: resuming or re-running needs the same record."""
     record = {}
-    for block in (args.model, args.correction, args.data, args.peft, args.output):
+    for block in (args.model, args.correction, args.data, args.peft, args.output, *args.task_options.values()):
         record.update(dataclasses.asdict(block))
     record.update(args.training.to_dict())
     return json.loads(json.dumps({k: v for k, v in record.items() if k not in RUN_RECORD_IGNORED}, default=str))
@@ -611,14 +627,14 @@ def check_output_dir(args: FinetuneArguments) -> None:
         )
 
 
-def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str, str | None]:
-    """The model configuration (corrections applied, labels not yet), its modality and the checkpoint source."""
+def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str | None]:
+    """The model configuration (corrections applied, labels not yet) and the checkpoint source (None from scratch)."""
     correction_kwargs = correction_config_kwargs(args.correction)
-    model_args = args.model
-    modality = "image" if args.data.dataset_name in IMAGE_DATASETS else "text"
+    model_args, task = args.model, args.task
+    modality = task.modality
     try:
         if model_args.architecture is not None:
-            return architecture_config(model_args.architecture, modality, correction_kwargs), modality, None
+            return architecture_config(model_args.architecture, task, correction_kwargs), None
         source = model_args.model_name_or_path or offline_data.minilm_dir()
         try:
             stock_config = AutoConfig.from_pretrained(source)
@@ -628,17 +644,18 @@ def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str, str | None]:
         if stock_config.model_type not in family:
             fail(f"{source} is a {stock_config.model_type!r} checkpoint; fine-tuning takes BERT or ViT checkpoints")
         if family[stock_config.model_type] != modality:
-            fail(f"{source} is a {family[stock_config.model_type]} model but the data are {modality}s")
-        config_class = CenteredViTConfig if modality == "image" else CenteredBertConfig
-        return config_class.from_pretrained(source, **correction_kwargs), modality, source
+            needed = "an image model (ViT)" if modality == IMAGE else "a text model (BERT)"
+            fail(f"{source} is a {family[stock_config.model_type]} model; --task {task.name} needs {needed}")
+        config_class = CenteredViTConfig if modality == IMAGE else CenteredBertConfig
+        return config_class.from_pretrained(source, **correction_kwargs), source
     except CONFIG_ERRORS as error:  # the configuration's own validation, e.g. correction_layers
         fail(one_line(error))
 
 
-def architecture_config(architecture: str, modality: str, correction_kwargs: dict[str, Any]):
+def architecture_config(architecture: str, task: Task, correction_kwargs: dict[str, Any]):
     """The configuration of `--architecture` (a JSON object of BertConfig/ViTConfig fields), checked: its fields
-    exist, have valid values, and build a model (on the meta device, so nothing is allocated)."""
-    config_class = CenteredViTConfig if modality == "image" else CenteredBertConfig
+    exist, have valid values, and build the task's model (on the meta device, so nothing is allocated)."""
+    config_class = CenteredViTConfig if task.modality == IMAGE else CenteredBertConfig
     try:
         fields = json.loads(architecture)
     except json.JSONDecodeError as error:
@@ -666,206 +683,15 @@ def architecture_config(architecture: str, modality: str, correction_kwargs: dic
         fail(f"architecture is not valid: {one_line(error)}")
     try:
         with torch.device("meta"):
-            classification_model_class(modality)(copy.deepcopy(config))
+            task.model_class(copy.deepcopy(config))
     except Exception as error:  # what a configuration's values can break in a model's constructor varies widely
         fail(f"architecture {architecture} does not build a model: {type(error).__name__}: {one_line(error)}")
     return config
 
 
-def split_indices(labels: list[int], fraction: float, seed: int, groups: list[str] | None = None):
-    """Seeded (train, evaluation) index arrays: stratified by label, or keeping each group on one side."""
-    from sklearn.model_selection import GroupShuffleSplit, train_test_split
-
-    indices = np.arange(len(labels))
-    if groups is not None:  # whole groups (movies) on one side only
-        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-        return next(splitter.split(indices, labels, groups=groups))
-    return train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
-
-
-def load_builtin_dataset(name: str, data_args: DataArguments, seed: int, image_config=None):
-    """A built-in offline dataset as a `DatasetDict(train, validation)` with `text`/`pixel_values` and `label`."""
-    fraction = data_args.validation_split_fraction
-    if name == "rotten_tomatoes":
-        texts, labels, movie_names = offline_data.rotten_tomatoes()
-        train_idx, eval_idx = split_indices(labels, fraction, seed, groups=movie_names)
-        columns, label_names = {"text": texts, "label": labels}, ["rotten", "fresh"]
-    elif name == "bbc_news":
-        texts, labels, label_names = offline_data.bbc_news()
-        train_idx, eval_idx = split_indices(labels, fraction, seed)
-        columns = {"text": texts, "label": labels}
-    else:
-        images, labels = offline_data.digits()
-        labels = [int(label) for label in labels]
-        train_idx, eval_idx = split_indices(labels, fraction, seed)
-        columns = {"pixel_values": digits_pixel_values(images, image_config), "label": labels}
-        label_names = [str(digit) for digit in range(10)]
-    splits = {}
-    for split, indices in (("train", train_idx), ("validation", eval_idx)):
-        splits[split] = Dataset.from_dict({key: [values[i] for i in indices] for key, values in columns.items()})
-    return DatasetDict(splits), label_names
-
-
-def digits_pixel_values(images: np.ndarray, image_config) -> list[np.ndarray]:
-    """Digits scaled to [0, 1], resized to the model's image_size and repeated over its num_channels."""
-    pixels = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1) / offline_data.DIGITS_MAX_VALUE
-    size = image_config.image_size
-    if pixels.shape[-1] != size:
-        pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-    pixels = pixels.repeat(1, image_config.num_channels, 1, 1)
-    return list(pixels.numpy())
-
-
-def load_external_dataset(data_args: DataArguments, seed: int) -> DatasetDict:
-    """Local csv/json/parquet files or a Hub dataset, with `train` and `validation` splits."""
-    if data_args.train_file is not None:
-        data_files = {"train": data_args.train_file}
-        if data_args.validation_file is not None:
-            data_files["validation"] = data_args.validation_file
-        extension = Path(data_args.train_file).suffix.lstrip(".").lower()
-        builder = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}.get(extension)
-        if builder is None:
-            fail(f"unsupported data file type .{extension}; use .csv, .json, .jsonl or .parquet")
-        splits = {}
-        for split, path in data_files.items():  # one at a time, so that an error names its file and columns
-            try:
-                splits[split] = load_dataset(builder, data_files={split: path}, split=split)
-            except Exception as error:  # the loaders raise many types for unreadable files
-                cause: BaseException | None = error
-                while cause is not None and not isinstance(cause, UnicodeDecodeError):
-                    cause = cause.__cause__ or cause.__context__
-                if cause is not None:
-                    fail(f"data file {path} is not UTF-8 text; save it as UTF-8")
-                fail(f"cannot read the data file {path}: {str(error).splitlines()[0]}")
-        raw = DatasetDict(splits)
-    else:
-        try:
-            raw = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
-        except Exception as error:  # offline, unknown names raise connection or not-found errors
-            fail(
-                f"unknown dataset {data_args.dataset_name!r}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
-                f"and datasets.load_dataset failed ({type(error).__name__}: {str(error).splitlines()[0]})"
-            )
-    if "validation" not in raw:
-        held_out = "test" if "test" in raw else None
-        if held_out is None:
-            raw = raw["train"].train_test_split(test_size=data_args.validation_split_fraction, seed=seed)
-            held_out = "test"
-        raw = DatasetDict(train=raw["train"], validation=raw[held_out])
-    for split, dataset in raw.items():
-        missing = [c for c in (data_args.text_column, data_args.label_column) if c not in dataset.column_names]
-        if missing:
-            fail(f"column(s) {missing} not found in the {split} data; its columns are {dataset.column_names}")
-    raw = raw.select_columns([data_args.text_column, data_args.label_column])
-    for split, dataset in raw.items():
-        empty = [i for i, text in enumerate(dataset[data_args.text_column]) if text is None or not str(text).strip()]
-        if empty:
-            fail(f"{len(empty)} empty text(s) in the {split} data (rows {empty[:5]}); remove or fill them")
-    # pandas gives large_string for csv/parquet text but string for json: one type for both splits
-    raw = raw.cast_column(data_args.text_column, Value("string"))
-    return raw.rename_columns({data_args.text_column: "text", data_args.label_column: "label"})
-
-
-def normalise_labels(raw: DatasetDict) -> tuple[DatasetDict, list[str] | None]:
-    """Class ids as integers: ClassLabel and integer columns keep theirs, class names are numbered in sorted order."""
-    feature = raw["train"].features["label"]
-    if isinstance(feature, ClassLabel):
-        return raw, list(feature.names)
-    values = [value for split in raw.values() for value in split["label"]]
-    if any(value is None for value in values):
-        fail("the label column has empty values")
-    if all(isinstance(value, str) for value in values):
-        label_names = sorted(set(raw["train"]["label"]))
-        by_case: dict[str, list[str]] = {}
-        for name in label_names:
-            by_case.setdefault(name.strip().lower(), []).append(name)
-        clashing = [names for names in by_case.values() if len(names) > 1]
-        if clashing:
-            fail(f"class names {clashing[0]} differ only in case or spaces; write each class the same way")
-        unseen = sorted(set(values) - set(label_names))
-        if unseen:
-            fail(f"evaluation labels {unseen} never occur in the training data")
-        label_ids = {name: i for i, name in enumerate(label_names)}
-        features = raw["train"].features.copy()
-        features["label"] = Value("int64")  # map alone would keep the string type and store "0", "1"
-        return raw.map(lambda row: {"label": label_ids[row["label"]]}, features=features), label_names
-    if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
-        kinds = sorted({type(value).__name__ for value in values})
-        fail(f"labels must be all integer class ids or all class names, got a mix of {', '.join(kinds)}")
-    return raw, None
-
-
-def check_label_range(raw: DatasetDict, num_labels: int) -> None:
-    """Labels outside 0..num_labels-1 would crash (or silently corrupt) the loss mid-training."""
-    for split, dataset in raw.items():
-        bad = sorted({int(value) for value in dataset["label"] if not 0 <= int(value) < num_labels})
-        if bad:
-            fail(f"{split} label value(s) {bad[:10]} lie outside 0..{num_labels - 1} (num_labels={num_labels})")
-
-
-def subsample(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A seeded random subset of `limit` rows (all rows when `limit` is None)."""
-    if limit is None or limit >= len(dataset):
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(limit))
-
-
-def load_classification_data(args: FinetuneArguments, config, modality: str, tokenizer) -> ClassificationData:
-    """Raw data → checked labels → subsampled → tokenised; every data error stops here, before training."""
-    data_args, seed = args.data, args.training.seed
-    if data_args.dataset_name in BUILTIN_DATASETS:
-        raw, label_names = load_builtin_dataset(data_args.dataset_name, data_args, seed, image_config=config)
-        dataset_label = data_args.dataset_name
-    else:
-        if modality == "image":
-            fail("image data come from the built-in digits dataset only")
-        raw, label_names = normalise_labels(load_external_dataset(data_args, seed))
-        dataset_label = data_args.dataset_name or Path(data_args.train_file).stem
-    for split, dataset in raw.items():
-        if len(dataset) == 0:
-            fail(f"the {split} data hold no examples")
-    classes = sorted(set(raw["train"]["label"]))
-    if len(classes) < 2:
-        # transformers would build a one-output regression head and report a meaningless accuracy of 1.0
-        only = label_names[classes[0]] if label_names else classes[0]
-        fail(f"the training data hold a single class ({only!r}); classification needs at least two")
-    data_classes = len(label_names) if label_names else 1 + max(max(split["label"]) for split in raw.values())
-    num_labels = data_classes if args.model.num_labels is None else args.model.num_labels
-    if num_labels < 2:
-        fail(f"num_labels={num_labels} is not valid: allowed values are integers >= 2 (the data have {data_classes})")
-    if label_names is None:
-        check_label_range(raw, num_labels)
-    if num_labels != data_classes:
-        described = ", ".join(label_names) if label_names else f"class ids 0..{data_classes - 1}"
-        fail(
-            f"num_labels={num_labels} does not match the data, which have {data_classes} classes ({described}); "
-            "leave --num_labels out to take it from the data"
-        )
-    if label_names is None or len(label_names) != num_labels:
-        label_names = [f"LABEL_{i}" for i in range(num_labels)]
-    train = subsample(raw["train"], data_args.max_train_samples, seed)
-    evaluation = subsample(raw["validation"], data_args.max_eval_samples, seed)
-    if modality == "text":
-
-        def tokenize(batch):
-            return tokenizer(batch["text"], truncation=True, max_length=data_args.max_seq_length)
-
-        with args.training.main_process_first(desc="tokenising"):
-            train = train.map(tokenize, batched=True, remove_columns=["text"])
-            evaluation = evaluation.map(tokenize, batched=True, remove_columns=["text"])
-    else:
-        train, evaluation = train.with_format("torch"), evaluation.with_format("torch")
-    return ClassificationData(
-        train=train.rename_column("label", "labels"),
-        evaluation=evaluation.rename_column("label", "labels"),
-        label_names=label_names,
-        dataset_label=dataset_label,
-    )
-
-
-def load_processor(args: FinetuneArguments, config, modality: str, source: str | None):
+def load_processor(args: FinetuneArguments, config, source: str | None):
     """The tokenizer (text) or image processor (images) saved with the model."""
-    if modality == "text":
+    if args.task.modality == TEXT:
         tokenizer_source = args.model.tokenizer_name or source
         if tokenizer_source is None:
             fail("a model trained from scratch needs --tokenizer_name")
@@ -887,34 +713,27 @@ def load_processor(args: FinetuneArguments, config, modality: str, source: str |
     )
 
 
-def classification_model_class(modality: str) -> type:
-    return CenteredViTForImageClassification if modality == "image" else CenteredBertForSequenceClassification
-
-
-def build_model(config, source: str | None, modality: str):
-    """The classification model: converted from `source`, or freshly initialised from `config`."""
-    model_class = classification_model_class(modality)
+def build_model(config, source: str | None, task: Task):
+    """The task's model: converted from `source`, or freshly initialised from `config`."""
+    model_class = task.model_class
     if source is None:
         return model_class(config)
     # A head of another size (or none) in the checkpoint is replaced by a new one.
     return model_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
 
 
-def apply_lora(model, peft_args: PeftArguments, modality: str):
+def apply_lora(model, peft_args: PeftArguments, task: Task):
     """Wraps the model with LoRA; the head and every correction module with state of its own (DGN, the fusion, the
     learned strength gates) train fully and are saved with the adapter."""
     from peft import LoraConfig, get_peft_model
 
-    modules_to_save = peft_modules_to_save(model)
-    if modality == "image":  # PEFT adds the head itself only for task_type="SEQ_CLS"
-        modules_to_save.append("classifier")
     lora_config = LoraConfig(
-        task_type="SEQ_CLS" if modality == "text" else None,
+        task_type=task.peft_task_type,
         r=peft_args.lora_r,
         lora_alpha=peft_args.lora_alpha,
         lora_dropout=peft_args.lora_dropout,
-        target_modules=peft_args.lora_target_modules or DEFAULT_LORA_TARGETS[modality],
-        modules_to_save=modules_to_save,
+        target_modules=peft_args.lora_target_modules or DEFAULT_LORA_TARGETS[task.modality],
+        modules_to_save=peft_modules_to_save(model) + list(task.head_modules),
     )
     return get_peft_model(model, lora_config)
 
@@ -928,7 +747,7 @@ def base_model_id(source: str | None) -> str | None:
     return source
 
 
-def training_hyperparameters(args: FinetuneArguments, data: ClassificationData) -> dict[str, Any]:
+def training_hyperparameters(args: FinetuneArguments, data: TaskData) -> dict[str, Any]:
     """What the model card lists under training hyper-parameters."""
     training = args.training
     hyperparameters = {
@@ -945,8 +764,7 @@ def training_hyperparameters(args: FinetuneArguments, data: ClassificationData) 
         "train_samples": len(data.train),
         "eval_samples": len(data.evaluation),
     }
-    if args.data.dataset_name not in IMAGE_DATASETS:
-        hyperparameters["max_seq_length"] = args.data.max_seq_length
+    hyperparameters.update(args.task.card_hyperparameters(args))
     if args.peft.use_lora:
         hyperparameters.update(lora_r=args.peft.lora_r, lora_alpha=args.peft.lora_alpha)
     return hyperparameters
@@ -957,7 +775,7 @@ def is_sharded(trainer: Trainer) -> bool:
     return bool(trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
 
 
-def gather_trained_model(trainer: Trainer, args: FinetuneArguments, config, source: str | None, modality: str):
+def gather_trained_model(trainer: Trainer, args: FinetuneArguments, config, source: str | None):
     """The trained model as a plain module on this rank; every rank must call it (the gather is collective).
 
     Unsharded runs unwrap the model. Under FSDP/DeepSpeed every rank joins `trainer.save_model`, which writes the full
@@ -972,21 +790,21 @@ def gather_trained_model(trainer: Trainer, args: FinetuneArguments, config, sour
     if args.peft.use_lora:  # save_model wrote the adapter (LoRA weights and modules_to_save) only
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(build_model(config, source, modality), gathered_dir)
+        model = PeftModel.from_pretrained(build_model(config, source, args.task), gathered_dir)
     else:
-        model = classification_model_class(modality).from_pretrained(gathered_dir)
+        model = args.task.model_class.from_pretrained(gathered_dir)
     shutil.rmtree(gathered_dir)
     return model
 
 
-def card_fields(args: FinetuneArguments, data: ClassificationData, source, metrics=None) -> dict[str, Any]:
+def card_fields(args: FinetuneArguments, data: TaskData, source, metrics=None) -> dict[str, Any]:
     """The model card's fields; the evaluation's metrics join them once it has run."""
     return dict(
         model_name=args.output.model_name or Path(args.training.output_dir).name,
         model_id=args.training.hub_model_id,
         base_model=base_model_id(source),
         dataset=data.dataset_label,
-        metrics=quality_metrics(metrics or {}),
+        metrics=quality_metrics(args.task, metrics or {}),
         training_hyperparameters=training_hyperparameters(args, data),
     )
 
@@ -997,7 +815,7 @@ def trained_model_dir(args: FinetuneArguments) -> Path:
     return output_dir / "adapter" if args.peft.use_lora else output_dir
 
 
-def save_trained_model(model, args: FinetuneArguments, processor, data: ClassificationData, source) -> None:
+def save_trained_model(model, args: FinetuneArguments, processor, data: TaskData, source) -> None:
     """Saves the trained model into `trained_model_dir` before any step that may fail: the LoRA adapter, or a
     Hub-ready export whose card lacks only what the evaluation adds."""
     model_dir = trained_model_dir(args)
@@ -1011,7 +829,7 @@ def save_trained_model(model, args: FinetuneArguments, processor, data: Classifi
 
 
 def complete_export(
-    model, args: FinetuneArguments, processor, data: ClassificationData, source, metrics, baseline: RunResult | None
+    model, args: FinetuneArguments, processor, data: TaskData, source, metrics, baseline: RunResult | None
 ) -> tuple[Path | None, Profile | None]:
     """The Hub-ready export once the evaluation has run: a LoRA run's merged model (none without --merge_lora), the
     metrics and the over-smoothing profile in its card, beside the stock `baseline`'s when there is one. Returns its
@@ -1027,7 +845,7 @@ def complete_export(
         with reported_after_training("the over-smoothing profile", model_dir):
             profile = oversmoothing_profile(
                 model,
-                data.evaluation,
+                data.profile_inputs if data.profile_inputs is not None else data.evaluation,
                 batch_size=args.training.per_device_eval_batch_size,
                 max_sequences=args.output.profile_sequences,
                 progress=False,
@@ -1035,7 +853,9 @@ def complete_export(
     with reported_after_training("the Hub export", model_dir):
         fields = card_fields(args, data, source, metrics)
         if baseline is not None:
-            fields.update(baseline_metrics=quality_metrics(baseline.metrics), baseline_profile=baseline.profile)
+            fields.update(
+                baseline_metrics=quality_metrics(args.task, baseline.metrics), baseline_profile=baseline.profile
+            )
         export_for_hub(model, output_dir, processor, overwrite=True, source=source, profile=profile, **fields)
     return output_dir, profile
 
@@ -1053,13 +873,14 @@ def reported_after_training(step: str, model_dir: Path) -> Iterator[None]:
         ) from error
 
 
-def quality_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The evaluation's quality metrics (accuracy, macro-F1) without the `eval_` prefix, for the card."""
-    return {
-        name.removeprefix("eval_"): value
-        for name, value in metrics.items()
-        if name.removeprefix("eval_") in ("accuracy", "f1_macro") and name.startswith("eval_")
-    }
+def quality_metrics(task: Task, metrics: dict[str, float]) -> dict[str, float]:
+    """The evaluation's quality metrics (the task's `metric_names`) without the `eval_` prefix, for the card."""
+    return {name: metrics[f"eval_{name}"] for name in task.metric_names if f"eval_{name}" in metrics}
+
+
+def metric_title(name: str) -> str:
+    """How the printed results name a metric."""
+    return METRIC_TITLES.get(name, name)
 
 
 @dataclass
@@ -1147,9 +968,13 @@ def report(args: FinetuneArguments, result: RunResult, baseline: RunResult | Non
             correction += " (learned strengths)"
         rows = [("stock, same setup", baseline.metrics), (correction, result.metrics)]
         width = max(len(name) for name, _ in rows)
-        print(f"{'model':<{width}}  accuracy  macro-F1")
+        names = args.task.metric_names
+        titles = [metric_title(metric) for metric in names]
+        widths = [max(len(title), 8) for title in titles]
+        print(f"{'model':<{width}}  " + "  ".join(f"{t:>{w}}" for t, w in zip(titles, widths, strict=True)))
         for name, metrics in rows:
-            print(f"{name:<{width}}  {metrics['eval_accuracy']:>8.4f}  {metrics['eval_f1_macro']:>8.4f}")
+            values = [metrics[f"eval_{metric}"] for metric in names]
+            print(f"{name:<{width}}  " + "  ".join(f"{v:>{w}.4f}" for v, w in zip(values, widths, strict=True)))
     if result.strengths:
         print("learned correction strengths, mean over the heads of each layer:")
         for line in summarise_strengths(result.strengths):
@@ -1162,17 +987,16 @@ def finetune(
     """One run: data, model, Trainer, the trained model saved, evaluation, export (beside `baseline` in the card),
     push. Returns its result (only the metrics on processes other than the main one)."""
     training_args = args.training
-    config, modality, source = resolve_base_config(args)
-    processor = load_processor(args, config, modality, source)
-    data = load_classification_data(args, config, modality, processor)
-    config.num_labels = len(data.label_names)
-    config.id2label = dict(enumerate(data.label_names))
-    config.label2id = {name: i for i, name in enumerate(data.label_names)}
+    task = args.task
+    config, source = resolve_base_config(args)
+    processor = load_processor(args, config, source)
+    data = task.load_data(args, config, processor)
+    task.configure(config, data)
 
     set_seed(training_args.seed)  # the new head's initialisation
-    model = build_model(config, source, modality)
+    model = build_model(config, source, task)
     if args.peft.use_lora:
-        model = apply_lora(model, args.peft, modality)
+        model = apply_lora(model, args.peft, task)
 
     resume = resume_target(training_args)
     # A resumed run continues the run that wrote its checkpoint: their checkpoints are one run's, removed together.
@@ -1186,14 +1010,15 @@ def finetune(
         args=trainer_args,
         train_dataset=data.train,
         eval_dataset=data.evaluation,
-        data_collator=DataCollatorWithPadding(processor) if modality == "text" else default_data_collator,
+        data_collator=task.data_collator(args, processor),
         processing_class=processor,
-        compute_metrics=compute_metrics,
+        compute_metrics=task.compute_metrics(data),
+        preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
         callbacks=[run_folder, *(callbacks or [])],
     )
     trainer.train(resume_from_checkpoint=resume)
 
-    trained_model = gather_trained_model(trainer, args, config, source, modality)
+    trained_model = gather_trained_model(trainer, args, config, source)
     model_dir = trained_model_dir(args)
     if trainer.is_world_process_zero():
         save_trained_model(trained_model, args, processor, data, source)
@@ -1206,10 +1031,8 @@ def finetune(
     exported, profile = complete_export(trained_model, args, processor, data, source, metrics, baseline)
     if not args.output.keep_checkpoints:
         remove_run_checkpoints(Path(training_args.output_dir), run_id)
-    print(
-        f"eval accuracy {metrics['eval_accuracy']:.4f}, macro-F1 {metrics['eval_f1_macro']:.4f} "
-        f"({len(data.evaluation)} examples); saved to {exported or model_dir}"
-    )
+    scores = ", ".join(f"{metric_title(name)} {value:.4f}" for name, value in quality_metrics(task, metrics).items())
+    print(f"eval {scores} ({len(data.evaluation)} examples); saved to {exported or model_dir}")
     if training_args.push_to_hub:
         repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
         with reported_after_training("the upload to the Hub", model_dir):

@@ -35,7 +35,7 @@ from hf_centered.diagnostics import (
     oversmoothing_profile,
     plot_profiles,
 )
-from hf_centered.finetuning import TEXT_DATASETS as FINETUNE_TEXT_DATASETS
+from hf_centered.tasks import TASKS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -502,7 +502,7 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("dataset", FINETUNE_TEXT_DATASETS)  # every built-in text dataset that finetune.py takes
+@pytest.mark.parametrize("dataset", TASKS["text-classification"].builtin_datasets)  # finetune.py's text datasets
 def test_cli_on_pretrained_minilm(tmp_path, dataset):
     result = run_cli(
         str(minilm_dir()),

@@ -23,8 +23,10 @@ from transformers import BertConfig, BertModel, BertTokenizer, Trainer, TrainerC
 
 from hf_centered import CenteredBertForSequenceClassification, finetuning
 from hf_centered.data import rotten_tomatoes
-from hf_centered.finetuning import EMBEDDED_DEFAULT, main, parse_arguments, split_indices
+from hf_centered.finetuning import EMBEDDED_DEFAULT, main, parse_arguments
 from hf_centered.hub import EXPORT_MANIFEST
+from hf_centered.tasks import text_classification
+from hf_centered.tasks.base import split_indices
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -199,10 +201,10 @@ def test_digits_vit_from_scratch(tmp_path):
     argv += ["--max_steps", "3", "--per_device_train_batch_size", "8", "--max_eval_samples", "40"]
     argv += ["--output_dir", str(output_dir), "--learning_rate", "1e-3", "--no_baseline"]
     args = parse_arguments(argv)
-    config, modality, source = finetuning.resolve_base_config(args)
-    data = finetuning.load_classification_data(args, config, modality, None)
+    config, source = finetuning.resolve_base_config(args)
+    data = args.task.load_data(args, config, None)
     pixels = data.train[0]["pixel_values"]
-    assert modality == "image" and source is None
+    assert args.task.name == "image-classification" and source is None
     assert pixels.shape == (1, 8, 8) and pixels.min() >= 0 and pixels.max() <= 1 and len(data.evaluation) == 40
 
     metrics = main(argv)
@@ -255,8 +257,9 @@ def test_every_config_parses(config_file, tmp_path):
     assert args.training.output_dir == str(tmp_path)
     finetuning.validate_arguments(args)
     if args.model.architecture is not None:  # the from-scratch configurations must build a valid model config
-        config, modality, _ = finetuning.resolve_base_config(args)
-        assert modality == "image" and config.num_hidden_layers >= 4
+        config, source = finetuning.resolve_base_config(args)
+        expected_type = {"text": "centered_bert", "image": "centered_vit"}[args.task.modality]
+        assert source is None and config.model_type == expected_type
 
 
 def test_default_yaml_is_the_embedded_default():
@@ -546,6 +549,9 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("foreign_output_dir", r"is not empty and holds no fine-tuning run; pass --overwrite"),
         ("different_run", r"holds a run with a different configuration \(learning_rate\)"),
         ("fsdp_on_cpu", r"FSDP runs on GPUs only: .*on CPU launch with configs/accelerate/ddp.yaml or torchrun"),
+        ("unknown_task", r"unknown task 'sentiment'; choose among text-classification, .*image-classification"),
+        ("dataset_of_another_task", r"the built-in dataset 'digits' is for --task image-classification; the built-in"),
+        ("task_of_another_modality", r"tiny_bert is a text model; --task image-classification needs an image model"),
     ],
 )
 def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, message):
@@ -564,6 +570,13 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
             "--validation_file",
             str(tmp_path / "broken.parquet"),
         ]
+    elif case == "unknown_task":
+        argv += ["--task", "sentiment"]
+    elif case == "dataset_of_another_task":
+        argv = [arg for arg in argv if arg not in ("--train_file", str(assets.train))]
+        argv += ["--dataset_name", "digits", "--task", "text-classification"]
+    elif case == "task_of_another_modality":
+        argv += ["--task", "image-classification"]
     elif case == "unknown_dataset":
         argv = [arg for arg in argv if arg not in ("--train_file", str(assets.train))]
         argv += ["--dataset_name", "no_such_dataset_xyz"]
@@ -626,9 +639,9 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
     elif case == "no_eval_samples":
         argv += ["--max_eval_samples", "0"]
     elif case == "empty_evaluation_split":
-        train = Dataset.from_dict({"text": ["good film"], "label": [1]})
+        train = Dataset.from_dict({"sentence": ["good film", "bad film"], "sentiment": ["pos", "neg"]})
         empty = DatasetDict(train=train, validation=train.select([]))
-        monkeypatch.setattr(finetuning, "load_external_dataset", lambda *args: empty)
+        monkeypatch.setattr(text_classification, "load_data_files", lambda *args: empty)
     elif case == "foreign_output_dir":
         output_dir.mkdir()
         (output_dir / "notes.txt").write_text("someone else's work")

@@ -1,0 +1,26 @@
+"""The fine-tuning tasks of `finetune.py --task`, by Hub pipeline tag. Adding a task = one module + one entry here."""
+
+from __future__ import annotations
+
+from .base import Task, TaskData, UsageError, fail
+from .image_classification import ImageClassification
+from .text_classification import TextClassification
+
+TASKS: dict[str, Task] = {task.name: task for task in (TextClassification(), ImageClassification())}
+DEFAULT_TASK = "text-classification"
+
+
+def available_tasks() -> list[str]:
+    return list(TASKS)
+
+
+def task_of_dataset(dataset_name: str | None) -> str | None:
+    """The task whose built-in dataset `dataset_name` is (None for other names)."""
+    return next((task.name for task in TASKS.values() if dataset_name in task.builtin_datasets), None)
+
+
+def builtin_datasets() -> list[str]:
+    return [name for task in TASKS.values() for name in task.builtin_datasets]
+
+
+__all__ = ["DEFAULT_TASK", "TASKS", "Task", "TaskData", "UsageError", "available_tasks", "builtin_datasets", "fail"]
