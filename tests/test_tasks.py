@@ -1,0 +1,85 @@
+"""hf_centered.tasks: the registry's contract with the runner, checked for every registered task."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from transformers import TrainingArguments
+
+from hf_centered import finetuning
+from hf_centered.auto import auto_class_name
+from hf_centered.configuration_centered import CenteredBertConfig, CenteredViTConfig
+from hf_centered.finetuning import RUNNER_ARGUMENT_CLASSES, main
+from hf_centered.hub import PIPELINE_TAGS
+from hf_centered.tasks import TASKS, UsageError
+from hf_centered.tasks.base import IMAGE, TEXT
+
+TASK_NAMES = list(TASKS)
+# Every option a task adds, with its task: each must be refused with any other task.
+TASK_OPTIONS = [
+    (task.name, option)
+    for task in TASKS.values()
+    if task.arguments is not None
+    for option in dataclasses.fields(task.arguments)
+]
+
+
+def test_the_default_tasks_are_registered():
+    assert {"text-classification", "image-classification"} <= set(TASKS)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_task_contract(name):
+    task = TASKS[name]
+    assert task.name == name and task.modality in (TEXT, IMAGE)
+    assert task.metric_names, "a task reports at least one metric"
+    config_class = CenteredViTConfig if task.modality == IMAGE else CenteredBertConfig
+    assert task.model_class.config_class is config_class
+    if task.arguments is not None:
+        assert dataclasses.is_dataclass(task.arguments)
+        task.arguments()  # every task option has a default: a run of another task parses without it
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_the_head_is_exported_with_the_task_as_pipeline_tag(name):
+    task = TASKS[name]
+    config_class = CenteredViTConfig if task.modality == IMAGE else CenteredBertConfig
+    tiny = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=9)
+    if task.modality == IMAGE:
+        tiny.update(image_size=8, patch_size=4, num_channels=1)
+    model = task.model_class(config_class(**tiny))
+    assert PIPELINE_TAGS[auto_class_name(model)] == name
+
+
+def test_builtin_dataset_names_are_unique():
+    names = [dataset for task in TASKS.values() for dataset in task.builtin_datasets]
+    assert len(names) == len(set(names))
+
+
+def test_task_options_do_not_clash():
+    runner = {item.name for cls in RUNNER_ARGUMENT_CLASSES for item in dataclasses.fields(cls)}
+    runner |= {item.name for item in dataclasses.fields(TrainingArguments)}
+    options = [option.name for _, option in TASK_OPTIONS]
+    assert len(options) == len(set(options)), "two tasks define the same option"
+    assert not set(options) & runner, "a task option shadows a runner option"
+
+
+@pytest.mark.parametrize(("owner", "option"), TASK_OPTIONS, ids=lambda item: getattr(item, "name", item))
+def test_an_option_of_another_task_is_refused(owner, option, tmp_path, capsys):
+    other = next(name for name in TASK_NAMES if name != owner)
+    value = option.default if option.default is not dataclasses.MISSING else option.default_factory()
+    changed = not value if isinstance(value, bool) else (value + 1 if isinstance(value, (int, float)) else "other")
+    argv = ["--task", other, "--dataset_name", "anything", "--output_dir", str(tmp_path / "out")]
+    argv += [f"--{option.name}", str(changed)]
+    with pytest.raises(UsageError):
+        main(argv)
+    assert f"--{option.name} is an option of --task {owner}, not of --task {other}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_task_is_a_choice_of_the_command_line(name, capsys):
+    with pytest.raises(SystemExit):
+        finetuning.parse_arguments(["--help"])
+    assert name in capsys.readouterr().out
