@@ -22,14 +22,25 @@ TASKS = {
     "sequence-classification": ("CenteredBertForSequenceClassification", None),
     "token-classification": ("CenteredBertForTokenClassification", None),
     "masked-lm": ("CenteredBertForMaskedLM", None),
+    "question-answering": ("CenteredBertForQuestionAnswering", None),
+    "multiple-choice": ("CenteredBertForMultipleChoice", None),
+    "next-sentence-prediction": ("CenteredBertForNextSentencePrediction", None),
+    "pretraining": ("CenteredBertForPreTraining", None),
     "image-classification": (None, "CenteredViTForImageClassification"),
+    "masked-image-modeling": (None, "CenteredViTForMaskedImageModeling"),
+    "semantic-segmentation": (None, "CenteredViTForSemanticSegmentation"),
 }
 HEAD_SUFFIXES = {
     "ForSequenceClassification": "sequence-classification",
     "ForTokenClassification": "token-classification",
     "ForMaskedLM": "masked-lm",
-    "ForPreTraining": "masked-lm",
+    "ForQuestionAnswering": "question-answering",
+    "ForMultipleChoice": "multiple-choice",
+    "ForNextSentencePrediction": "next-sentence-prediction",
+    "ForPreTraining": "pretraining",
     "ForImageClassification": "image-classification",
+    "ForMaskedImageModeling": "masked-image-modeling",
+    "ForSemanticSegmentation": "semantic-segmentation",
 }
 FAMILIES = {"bert": 0, "centered_bert": 0, "vit": 1, "centered_vit": 1}
 # Command-line type of a correction field by its annotation; the others ("float | int") are numbers.

@@ -272,3 +272,41 @@ def test_the_demo_library_function_prints_nothing(capsys):
     assert table[3].split()[0] == "none" and float(table[3].split()[1]) == pytest.approx(
         rows[0]["cosine_similarity"], abs=5e-4
     )
+
+
+def test_every_head_has_an_export_task():
+    from hf_centered import modeling_centered_bert, modeling_centered_vit
+
+    heads = {
+        cls.__name__
+        for modeling in (modeling_centered_bert, modeling_centered_vit)
+        for cls in modeling.AUTO_MODEL_CLASSES.values()
+    }
+    assert heads == {name for classes in cli.TASKS.values() for name in classes if name is not None}
+
+
+@pytest.mark.parametrize(
+    ("task", "family"),
+    [(task, family) for task, classes in cli.TASKS.items() for family, name in enumerate(classes) if name is not None],
+)
+def test_export_converts_a_stock_checkpoint_into_every_head(assets, tmp_path, task, family):  # noqa: F811
+    from transformers import ViTConfig, ViTModel
+
+    if family == 0:
+        source = str(assets.model)
+    else:
+        source = str(tmp_path / "vit")
+        tiny = ViTConfig(
+            image_size=8,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=17,
+        )
+        ViTModel(tiny).save_pretrained(source)
+    out = tmp_path / "out"
+    assert cli.main(["export", source, str(out), "--task", task, "--correction", "centered"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == [cli.TASKS[task][family]] and config["correction"] == "centered"
