@@ -141,9 +141,17 @@ def dataset_dict(columns: dict[str, list], train_idx, eval_idx) -> DatasetDict:
     return DatasetDict(splits)
 
 
-def load_data_files(data_args: DataArguments, seed: int, builtin_datasets: tuple[str, ...] = ()) -> DatasetDict:
+def load_data_files(
+    data_args: DataArguments,
+    seed: int,
+    builtin_datasets: tuple[str, ...] = (),
+    read_file: Callable[[str], Dataset | None] | None = None,
+) -> DatasetDict:
     """Local csv/json(l)/parquet files or a Hub dataset, with `train` and `validation` splits (the validation split
-    is a seeded `validation_split_fraction` of train when the data have neither validation nor test split)."""
+    is a seeded `validation_split_fraction` of train when the data have neither validation nor test split).
+
+    `read_file(path)` lets a task read a file format of its own (e.g. the nested SQuAD json): it returns the file's
+    rows, or None to leave the file to the csv/json/parquet loaders."""
     if data_args.train_file is not None:
         data_files = {"train": data_args.train_file}
         if data_args.validation_file is not None:
@@ -154,6 +162,10 @@ def load_data_files(data_args: DataArguments, seed: int, builtin_datasets: tuple
             fail(f"unsupported data file type .{extension}; use .csv, .json, .jsonl or .parquet")
         splits = {}
         for split, path in data_files.items():  # one at a time, so that an error names its file and columns
+            own_format = read_file(path) if read_file is not None else None
+            if own_format is not None:
+                splits[split] = own_format
+                continue
             try:
                 splits[split] = load_dataset(builder, data_files={split: path}, split=split)
             except Exception as error:  # the loaders raise many types for unreadable files
