@@ -33,6 +33,13 @@ def test_the_shipped_metrics_are_the_hub_ids_and_load_once_per_process():
         assert load_metric(metric_id) is metric
 
 
+def test_a_failed_compute_leaves_the_shared_module_usable():
+    accuracy = load_metric("accuracy")  # the one instance every caller of the process gets
+    with pytest.raises(ValueError, match="Mismatch in the number of predictions"):
+        accuracy.compute(predictions=[0, 1], references=[0])
+    assert accuracy.compute(predictions=[1, 0], references=[1, 1]) == {"accuracy": 0.5}
+
+
 def test_an_unknown_metric_is_one_value_error_naming_the_available_ones():
     with pytest.raises(ValueError, match=r"'rouge'.*accuracy, f1, mean_iou, perplexity, seqeval, squad"):
         load_metric("rouge")
