@@ -1004,6 +1004,7 @@ def finetune(
     # The export is pushed at the end, by hf_centered.push_to_hub, and RunFolder applies save_total_limit.
     trainer_args = copy.copy(training_args)
     trainer_args.push_to_hub, trainer_args.save_total_limit = False, None
+    trainer_args.remove_unused_columns = training_args.remove_unused_columns and task.remove_unused_columns
     run_folder = RunFolder(run_record(args), run_id, training_args.save_total_limit)
     trainer = Trainer(
         model=model,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .base import Task, TaskData, UsageError, fail
+from .fill_mask import FillMask
 from .image_classification import ImageClassification
 from .text_classification import TextClassification
 
-TASKS: dict[str, Task] = {task.name: task for task in (TextClassification(), ImageClassification())}
+TASKS: dict[str, Task] = {task.name: task for task in (TextClassification(), ImageClassification(), FillMask())}
 DEFAULT_TASK = "text-classification"
 
 

@@ -80,6 +80,9 @@ class Task:
     """PEFT's `task_type` for this head (PEFT then trains and saves the head itself), or None."""
     head_modules: ClassVar[tuple[str, ...]] = ()
     """Head modules PEFT must train fully and save with the adapter when `peft_task_type` does not cover them."""
+    remove_unused_columns: ClassVar[bool] = True
+    """False for a task whose collator reads dataset columns the model does not take (the Trainer would drop them);
+    its datasets then hold only those and the model's inputs."""
 
     def check_arguments(self, args: FinetuneArguments) -> None:
         """Checks of this task's options that need no data or model; `fail` on a bad one."""

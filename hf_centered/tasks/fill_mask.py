@@ -1,0 +1,321 @@
+"""`fill-mask`: masked-language-model training (BERT's objective) from a checkpoint or from scratch; masked-token
+accuracy and perplexity.
+
+Data. Each text is one example, truncated to `max_seq_length` tokens (line by line, as HF's run_mlm.py with
+`--line_by_line`): texts are not concatenated and cut into blocks, so no example mixes two texts, and what a long text
+holds beyond `max_seq_length` tokens is left out.
+- `text_corpus`, built in and offline: the 12,808 Rotten Tomatoes review snippets and the 2,225 BBC News articles,
+  15,033 texts, split at random by `seed` (`validation_split_fraction` held out) with the same share of each source
+  on both sides.
+- Local files: csv/json(l)/parquet with a `text_column` (an empty text is an error), or plain .txt with one example
+  per non-empty line (blank lines are skipped); a .txt training file takes a .txt validation file.
+- Hub datasets (`datasets.load_dataset(dataset_name)`) with a `text_column`; their empty rows are skipped: corpora such
+  as wikitext separate paragraphs with them, and a Hub dataset cannot be edited as a file can.
+
+Masking is transformers' `DataCollatorForLanguageModeling`: `mlm_probability` (15%) of the tokens of each text, never
+special tokens or padding; of the chosen ones 80% become [MASK], 10% a random token and 10% stay as they are. With
+`whole_word_mask` each word is chosen with that probability and all its sub-words are masked together, all with
+[MASK] (transformers replaces no whole word with random tokens). A word is what transformers 5.23 takes it to be: a
+run of tokens whose characters touch in the text, so "great." is one word.
+
+Evaluation. Training batches draw new masks at every step. The evaluation set is masked once, in `load_data`, with a
+seed of its own (`EVALUATION_MASKING_SEED`, not the run's `seed`): every evaluation of a run, the stock baseline's and
+those of runs with other seeds on the same evaluation texts score the same masked positions with the same
+replacements. `accuracy` is the share of masked positions where the arg-max token is the original one; `perplexity`
+is exp of the mean cross-entropy over all masked tokens of the evaluation set, every token weighing the same
+(exp(eval_loss) differs slightly: the Trainer averages per batch). `preprocess_logits_for_metrics` keeps two numbers
+per position, the arg-max and the cross-entropy, instead of a vocabulary row.
+
+Head. A checkpoint with a masked-LM head (bert-base-uncased) loads it; one without (the packaged MiniLM, a
+sentence-transformers BertModel) gets a new transform (dense, LayerNorm) and a zero output bias, which the load report
+lists as missing, while the decoder is tied to the word embeddings as in stock BERT. With LoRA the transform trains
+fully and is saved with the adapter; the decoder stays tied to the frozen embeddings, and the output bias stays
+frozen too: PEFT saves whole modules only, and the module holding the bias, the decoder, also holds the embedding
+matrix, whose copy would make the adapter as large as the embeddings and untie them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict, Value
+from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, EvalPrediction
+
+from .. import data as offline_data
+from ..metrics import load_metric
+from ..modeling_centered_bert import CenteredBertForMaskedLM
+from .base import (
+    TEXT,
+    Task,
+    TaskData,
+    dataset_dict,
+    fail,
+    load_data_files,
+    require_columns,
+    require_examples,
+    split_indices,
+    subsample_splits,
+)
+from .text_classification import check_texts
+
+if TYPE_CHECKING:
+    from ..finetuning import FinetuneArguments
+
+IGNORED_LABEL = -100
+"""The label of the positions the loss and the metrics leave out (transformers' convention)."""
+EVALUATION_MASKING_SEED = 0
+"""Seeds the one masking of the evaluation set, whatever the run's seed."""
+MASKING_BATCH_SIZE = 256
+"""Evaluation rows masked per collator call in `mask_once`."""
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+TEXT_FILE_SUFFIX = ".txt"
+
+
+@dataclass
+class FillMaskArguments:
+    """Options of `--task fill-mask`."""
+
+    mlm_probability: float = field(
+        default=0.15,
+        metadata={
+            "help": "Share of the tokens (of the words, with --whole_word_mask) masked in each text, strictly between "
+            "0 and 1; of them 80% become [MASK], 10% a random token, 10% stay."
+        },
+    )
+    whole_word_mask: bool = field(
+        default=False, metadata={"help": "Mask all sub-words of a word together, all with [MASK]."}
+    )
+
+
+@dataclass
+class DataCollatorForLanguageModelingWithFixedEvaluation(DataCollatorForLanguageModeling):
+    """`DataCollatorForLanguageModeling` that leaves rows masked already alone and pads offsets for whole words.
+
+    - Rows that carry `labels` (the evaluation set, masked once by `mask_once`) are padded only, their labels with
+      -100, so that every evaluation scores the same masks.
+    - With `whole_word_mask` the stock collator reads each row's `offset_mapping`, which `tokenizer.pad` leaves
+      unpadded (rows of different lengths then fail to stack): it is padded here like the input ids, with (0, 0).
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.padding_collator = DataCollatorForTokenClassification(
+            self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of, label_pad_token_id=IGNORED_LABEL
+        )
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        if "labels" in examples[0]:
+            return self.padding_collator(examples)
+        if self.whole_word_mask:
+            examples = self.with_padded_offsets(examples)
+        return super().torch_call(examples)
+
+    def with_padded_offsets(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`examples` with their `offset_mapping` padded to the length `tokenizer.pad` gives their input ids."""
+        length = max(len(example["input_ids"]) for example in examples)
+        if self.pad_to_multiple_of is not None:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        padded = []
+        for example in examples:
+            offsets = [tuple(offset) for offset in example["offset_mapping"]]
+            padding = [(0, 0)] * (length - len(offsets))
+            offsets = offsets + padding if self.tokenizer.padding_side == "right" else padding + offsets
+            padded.append({**example, "offset_mapping": offsets})
+        return padded
+
+
+class FillMask(Task):
+    name = "fill-mask"
+    modality = TEXT
+    model_class = CenteredBertForMaskedLM
+    builtin_datasets = ("text_corpus",)
+    arguments = FillMaskArguments
+    metric_names = ("accuracy", "perplexity")
+    # PEFT has no masked-LM task type; the decoder is the tied embedding matrix and stays out (module docstring).
+    head_modules = ("cls.predictions.transform",)
+    remove_unused_columns = False  # the collator reads special_tokens_mask and offset_mapping, no model input
+
+    def check_arguments(self, args: FinetuneArguments) -> None:
+        probability = self.options(args).mlm_probability
+        if not 0 < probability < 1:
+            fail(f"mlm_probability={probability} must lie strictly between 0 and 1")
+
+    def load_data(self, args: FinetuneArguments, config, processor) -> TaskData:
+        options, data_args = self.options(args), args.data
+        check_tokenizer(processor, config, options, data_args.max_seq_length)
+        raw, dataset_label = self.read_texts(args)
+        require_examples(raw)
+        train, evaluation = subsample_splits(raw, args)
+
+        def tokenize(batch):
+            return processor(
+                batch["text"],
+                truncation=True,
+                max_length=data_args.max_seq_length,
+                return_special_tokens_mask=True,  # spares the collator a tokenizer call per row
+                return_offsets_mapping=options.whole_word_mask,
+            )
+
+        with args.training.main_process_first(desc="tokenising"):
+            train = train.map(tokenize, batched=True, remove_columns=["text"])
+            evaluation = evaluation.map(tokenize, batched=True, remove_columns=["text"])
+        masked_evaluation = mask_once(evaluation, masking_collator(processor, options, seed=EVALUATION_MASKING_SEED))
+        if all(label == IGNORED_LABEL for labels in masked_evaluation["labels"] for label in labels):
+            fail(
+                f"masking {options.mlm_probability:.0%} of the evaluation tokens chose none of them: use more or "
+                "longer evaluation texts or a larger mlm_probability"
+            )
+        # the over-smoothing profile of the texts themselves, not of their masked copies
+        model_inputs = [name for name in MODEL_INPUTS if name in evaluation.column_names]
+        return TaskData(
+            train=train,
+            evaluation=masked_evaluation,
+            dataset_label=dataset_label,
+            profile_inputs=evaluation.select_columns(model_inputs),
+        )
+
+    def read_texts(self, args: FinetuneArguments) -> tuple[DatasetDict, str]:
+        """`DatasetDict(train, validation)` of one `text` column, and the dataset's name for the card."""
+        data_args, seed = args.data, args.training.seed
+        if data_args.dataset_name in self.builtin_datasets:
+            return text_corpus(data_args.validation_split_fraction, seed), data_args.dataset_name
+        column = data_args.text_column
+        files = [path for path in (data_args.train_file, data_args.validation_file) if path is not None]
+        text_files = [path for path in files if Path(path).suffix.lower() == TEXT_FILE_SUFFIX]
+        if text_files and len(text_files) != len(files):
+            fail(f"give both data files as .txt or neither; got {', '.join(files)}")
+        if text_files:
+            raw = read_text_files(data_args, column, seed)
+        else:
+            raw = require_columns(load_data_files(data_args, seed, self.builtin_datasets), [column])
+        if data_args.dataset_name is not None:  # a Hub dataset: blank rows separate paragraphs (module docstring)
+            raw = raw.filter(lambda row: row[column] is not None and bool(str(row[column]).strip()))
+        else:
+            check_texts(raw, column)
+        # pandas gives large_string for csv/parquet text but string for json: one type for both splits
+        raw = raw.cast_column(column, Value("string"))
+        if column != "text":
+            raw = raw.rename_column(column, "text")
+        return raw, data_args.dataset_name or Path(data_args.train_file).stem
+
+    def data_collator(self, args: FinetuneArguments, processor) -> DataCollatorForLanguageModelingWithFixedEvaluation:
+        # Training masks come from the global RNG, which the Trainer seeds and saves in its checkpoints.
+        return masking_collator(processor, self.options(args))
+
+    def preprocess_logits_for_metrics(self):
+        return predicted_tokens_and_losses
+
+    def compute_metrics(self, data: TaskData):
+        return masked_token_metrics
+
+    def card_hyperparameters(self, args: FinetuneArguments) -> dict[str, Any]:
+        options = self.options(args)
+        return {
+            **super().card_hyperparameters(args),
+            "mlm_probability": options.mlm_probability,
+            "whole_word_mask": options.whole_word_mask,
+        }
+
+
+def check_tokenizer(tokenizer, config, options: FillMaskArguments, max_seq_length: int) -> None:
+    """What the tokenizer must offer the masking and the model: a mask token, ids inside the model's vocabulary,
+    offsets for whole words, and no longer sequences than the model has positions."""
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if tokenizer.mask_token is None:
+        fail(f"the tokenizer {name} has no mask token; masked-LM training needs one (e.g. BERT's [MASK])")
+    if len(tokenizer) > config.vocab_size:
+        fail(
+            f"the tokenizer {name} has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}: use "
+            "the model's own tokenizer, or from scratch an architecture with vocab_size >= the tokenizer's"
+        )
+    if options.whole_word_mask and not tokenizer.is_fast:
+        fail(f"--whole_word_mask needs a fast tokenizer (it reads where each token lies in the text); {name} is not")
+    if max_seq_length > config.max_position_embeddings:
+        fail(
+            f"max_seq_length={max_seq_length} exceeds the model's max_position_embeddings="
+            f"{config.max_position_embeddings}"
+        )
+
+
+def masking_collator(
+    tokenizer, options: FillMaskArguments, seed: int | None = None
+) -> DataCollatorForLanguageModelingWithFixedEvaluation:
+    """The collator masking as `options` say, from its own generator seeded with `seed` (None: the global RNG)."""
+    # Whole words are masked with [MASK] only: said here, transformers would warn and set it itself.
+    replacement = dict(mask_replace_prob=1.0, random_replace_prob=0.0) if options.whole_word_mask else {}
+    return DataCollatorForLanguageModelingWithFixedEvaluation(
+        tokenizer,
+        mlm_probability=options.mlm_probability,
+        whole_word_mask=options.whole_word_mask,
+        seed=seed,
+        **replacement,
+    )
+
+
+def text_corpus(validation_fraction: float, seed: int) -> DatasetDict:
+    """The built-in `text_corpus`: Rotten Tomatoes snippets and BBC News articles, split with equal source shares."""
+    reviews, _, _ = offline_data.rotten_tomatoes()
+    articles, _, _ = offline_data.bbc_news()
+    sources = [0] * len(reviews) + [1] * len(articles)
+    train_idx, eval_idx = split_indices(sources, validation_fraction, seed)
+    return dataset_dict({"text": reviews + articles}, train_idx, eval_idx)
+
+
+def read_text_files(data_args, column: str, seed: int) -> DatasetDict:
+    """Plain-text data files, one example per non-empty line, in `column`; without a validation file a seeded
+    `validation_split_fraction` of the training lines is held out."""
+    splits = {}
+    for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file)):
+        if path is None:
+            continue
+        try:
+            lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            fail(f"data file {path} is not UTF-8 text; save it as UTF-8")
+        if not lines:
+            fail(f"data file {path} holds no text (a .txt file holds one example per non-empty line)")
+        splits[split] = Dataset.from_dict({column: lines})
+    if "validation" not in splits:
+        held_out = splits["train"].train_test_split(test_size=data_args.validation_split_fraction, seed=seed)
+        splits = {"train": held_out["train"], "validation": held_out["test"]}
+    return DatasetDict(splits)
+
+
+def mask_once(dataset: Dataset, collator: DataCollatorForLanguageModeling) -> Dataset:
+    """The rows of `dataset` masked by `collator`, unpadded again: the model's inputs and the `labels`."""
+    columns: dict[str, list[list[int]]] = {}
+    right_padded = collator.tokenizer.padding_side == "right"
+    for start in range(0, len(dataset), MASKING_BATCH_SIZE):
+        rows = dataset.select(range(start, min(start + MASKING_BATCH_SIZE, len(dataset)))).to_list()
+        batch = collator(rows)
+        for i, row in enumerate(rows):
+            length = len(row["input_ids"])
+            real = slice(None, length) if right_padded else slice(-length, None)
+            for key, values in batch.items():
+                columns.setdefault(key, []).append(values[i, real].tolist())
+    return Dataset.from_dict(columns)
+
+
+def predicted_tokens_and_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position the arg-max token and the cross-entropy (nats, 0 where the label is -100): two numbers instead of
+    a vocabulary row for the Trainer to keep."""
+    if isinstance(logits, tuple):  # models returning hidden states too put the logits first
+        logits = logits[0]
+    losses = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORED_LABEL, reduction="none"
+    )
+    return logits.argmax(dim=-1), losses.view_as(labels)
+
+
+def masked_token_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
+    """Masked-token accuracy and perplexity over every masked position of the evaluation."""
+    predicted_tokens, losses = eval_prediction.predictions
+    labels = np.asarray(eval_prediction.label_ids)
+    masked = labels != IGNORED_LABEL
+    accuracy = load_metric("accuracy").compute(predictions=predicted_tokens[masked], references=labels[masked])
+    perplexity = load_metric("perplexity").compute(predictions=losses[masked])
+    return {"accuracy": accuracy["accuracy"], "perplexity": perplexity["perplexity"]}
