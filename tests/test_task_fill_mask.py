@@ -18,12 +18,14 @@ from transformers import (
     BertConfig,
     BertModel,
     BertTokenizer,
+    ByT5Tokenizer,
+    PerceiverTokenizer,
     pipeline,
 )
 
 from hf_centered import finetuning
 from hf_centered.finetuning import main, parse_arguments
-from hf_centered.tasks import TASKS
+from hf_centered.tasks import TASKS, UsageError
 from hf_centered.tasks.fill_mask import IGNORED_LABEL, FillMaskArguments, masking_collator, text_corpus
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -364,3 +366,82 @@ def test_from_scratch_with_whole_word_masking(assets, tmp_path):
     config = json.loads((output_dir / "config.json").read_text())
     assert config["vocab_size"] == len(VOCAB) + 3 and config["hidden_size"] == 16
     assert "| whole_word_mask | True |" in (output_dir / "README.md").read_text()
+
+
+def bad_input_argv(assets, folder: Path, case: str) -> tuple[list[str], str]:
+    """The command line of one bad input, with (a fragment of) the line it must be refused with."""
+    output_dir = folder / "out"
+
+    def from_scratch(tokenizer, vocab_size: int, *extra: str) -> list[str]:
+        tokenizer.save_pretrained(folder / "tokenizer")
+        architecture = json.dumps({**TINY_ARCHITECTURE, "vocab_size": vocab_size})
+        model = ("--architecture", architecture, "--tokenizer_name", str(folder / "tokenizer"))
+        return run_argv(assets, output_dir, *extra, model=model)
+
+    def with_files(train: Path, validation: Path, *extra: str) -> list[str]:
+        return run_argv(assets, output_dir, "--train_file", str(train), "--validation_file", str(validation), *extra)
+
+    if case == "missing text column":
+        return with_files(assets.train_csv, assets.validation_csv), "column(s) ['text'] not found in the train data"
+    if case == "empty text":
+        table = folder / "empty.csv"
+        table.write_text('review\n"the movie"\n""\n"a plot"\n')
+        argv = with_files(table, assets.validation_csv, "--text_column", "review")
+        return argv, "1 empty text(s) in the train data (rows [1])"
+    if case == "no mask token":
+        return from_scratch(ByT5Tokenizer(), 400), "has no mask token"
+    if case == "vocabulary smaller than the tokenizer's":
+        return from_scratch(BertTokenizer(vocab={token: i for i, token in enumerate(VOCAB)}), 10), (
+            f"has {len(VOCAB)} tokens but the model's vocab_size is 10"
+        )
+    if case == "whole words without offsets":
+        return from_scratch(PerceiverTokenizer(), 300, "--whole_word_mask", "true"), "needs a fast tokenizer"
+    if case == "txt and csv":
+        return with_files(assets.train_txt, assets.validation_csv), "give both data files as .txt or neither"
+    if case == "blank txt":
+        blank = folder / "blank.txt"
+        blank.write_text("\n  \n\n")
+        return with_files(blank, assets.validation_txt), f"data file {blank} holds no text"
+    if case == "not UTF-8":
+        latin = folder / "latin.txt"
+        latin.write_bytes("the movie was très fun\n".encode("latin-1"))
+        return with_files(latin, assets.validation_txt), "is not UTF-8 text"
+    if case == "longer than the positions":
+        return run_argv(assets, output_dir, "--max_seq_length", "49"), "max_position_embeddings=48"
+    if case == "no evaluation token masked":
+        one_word = folder / "one_word.txt"
+        one_word.write_text("good\n")
+        return with_files(assets.train_txt, one_word, "--mlm_probability", "0.01"), "chose none of them"
+    probability = case.removeprefix("mlm_probability=")
+    return run_argv(assets, output_dir, "--mlm_probability", probability), "must lie strictly between 0 and 1"
+
+
+BAD_INPUTS = [
+    "missing text column",
+    "empty text",
+    "no mask token",
+    "vocabulary smaller than the tokenizer's",
+    "whole words without offsets",
+    "txt and csv",
+    "blank txt",
+    "not UTF-8",
+    "longer than the positions",
+    "no evaluation token masked",
+    "mlm_probability=0",
+    "mlm_probability=1",
+    "mlm_probability=-0.1",
+    "mlm_probability=1.5",
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_before_training(case, assets, tmp_path, capsys):
+    argv, message = bad_input_argv(assets, tmp_path, case)
+    with pytest.raises(UsageError) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("finetune.py:")]
+    assert "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith("finetune.py: error: ") and message in errors[0], errors
+    assert not (tmp_path / "out").exists()
