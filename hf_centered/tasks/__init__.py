@@ -5,9 +5,12 @@ from __future__ import annotations
 from .base import Task, TaskData, UsageError, fail
 from .fill_mask import FillMask
 from .image_classification import ImageClassification
+from .question_answering import QuestionAnswering
 from .text_classification import TextClassification
 
-TASKS: dict[str, Task] = {task.name: task for task in (TextClassification(), ImageClassification(), FillMask())}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (TextClassification(), ImageClassification(), FillMask(), QuestionAnswering())
+}
 DEFAULT_TASK = "text-classification"
 
 
