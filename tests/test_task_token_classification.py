@@ -295,6 +295,11 @@ BAD_INPUTS = {
         [],
         "tag(s) ['NNP', 'VBZ'] are not entity tags seqeval reads",
     ),
+    "types without prefix": (
+        {"train.jsonl": [{"tokens": ["John", "lives"], "tags": ["PER", "O"]}]},
+        [],
+        "tag(s) ['PER'] are not entity tags seqeval reads",
+    ),
     "BILOU": (
         {"train.jsonl": [{"tokens": ["John", "lives"], "tags": ["U-PER", "O"]}]},
         [],

@@ -22,8 +22,9 @@ first sub-word. Evaluation is always tagged on first sub-words only, so the scor
 Metrics: `load_metric("seqeval")` in its default (conlleval) mode: `precision`, `recall` and `f1` are the micro
 averages over entities (type and exact span must match), `accuracy` the share of words tagged right (run_ner's names
 of seqeval's overall_* values). seqeval reads tags `O`, `B`, `I`, `E`, `S` and those prefixed `B-`, `I-`, `E-`, `S-`
-(IOB1, IOB2, IOE, IOBES); other tags (POS tags such as `NN`, BILOU's `L-`/`U-`) would silently score F1 0, so such
-data are refused before training.
+(IOB1, IOB2, IOE, IOBES). It misreads other tags (POS tags such as `NN`, plain `PER`, BILOU's `L-`/`U-`) with no
+more than a warning, taking their first letter as the chunk prefix (so `NN NN` is one entity of type `N`): its scores
+would mean nothing, so such data are refused before training.
 """
 
 from __future__ import annotations
@@ -387,7 +388,8 @@ def check_tag_range(split: str, tags: list[list[int]], num_tags: int) -> None:
 
 
 def check_scheme(label_names: list[str]) -> None:
-    """seqeval's default mode finds entities only in tags it reads; with any other tag F1 would silently be 0."""
+    """seqeval's default mode misreads any other tag (its first letter taken for a prefix) with no more than a
+    warning, and its entity scores would mean nothing."""
     unreadable = [
         name for name in label_names if name not in SEQEVAL_PLAIN_TAGS and not name.startswith(SEQEVAL_PREFIXES)
     ]
