@@ -83,7 +83,7 @@ class FillMaskArguments:
         default=0.15,
         metadata={
             "help": "Share of the tokens (of the words, with --whole_word_mask) masked in each text, strictly between "
-            "0 and 1; of them 80% become [MASK], 10% a random token, 10% stay."
+            "0 and 1; of them 8 in 10 become [MASK], 1 in 10 a random token, 1 in 10 stay."
         },
     )
     whole_word_mask: bool = field(
