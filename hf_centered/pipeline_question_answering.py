@@ -47,14 +47,16 @@ def span_candidates(
     """The valid spans of one feature among its `n_best_size` best start and end tokens, as (start logit + end
     logit, first character, end character), best start first and for each start best end first (utils_qa's order).
 
-    `offsets` holds a token's (first, end) characters in the context, None outside the context; logits past its
-    length (padding) are never chosen."""
+    `offsets` holds a token's (first, end) characters in the context, None outside the context. Logits past its
+    length (padding of a batch) are cut off first, so that they take none of the `n_best_size` places and the spans
+    do not depend on how the features were batched."""
+    start_logits, end_logits = start_logits[: len(offsets)], end_logits[: len(offsets)]
     candidates = []
     top_starts = np.argsort(start_logits)[-1 : -n_best_size - 1 : -1].tolist()
     top_ends = np.argsort(end_logits)[-1 : -n_best_size - 1 : -1].tolist()
     for start in top_starts:
         for end in top_ends:
-            if start >= len(offsets) or end >= len(offsets) or offsets[start] is None or offsets[end] is None:
+            if offsets[start] is None or offsets[end] is None:
                 continue
             if end < start or end - start + 1 > max_answer_length:
                 continue

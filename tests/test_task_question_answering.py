@@ -28,7 +28,13 @@ from hf_centered.finetuning import main, parse_arguments
 from hf_centered.metrics import load_metric
 from hf_centered.pipeline_question_answering import add_to_folder
 from hf_centered.tasks import TASKS, TaskData, UsageError
-from hf_centered.tasks.question_answering import EvaluationLinks, predicted_answers, squad_scores, tokenize_examples
+from hf_centered.tasks.question_answering import (
+    MODEL_INPUTS,
+    EvaluationLinks,
+    predicted_answers,
+    squad_scores,
+    tokenize_examples,
+)
 
 TASK = TASKS["question-answering"]
 PEOPLE = ["Ada Moreno", "Tom Baxter", "Ines Duarte", "Kofi Mensah", "Lena Vogel", "Omar Haddad"]
@@ -250,8 +256,12 @@ def test_post_processing_takes_the_best_span_over_all_features():
     assert predicted_answers(examples, features, starts, ends, 20, 30) == {"a": "zeta eta"}
     # spans of one token: window 1's "delta" (5) beats window 2's best single token (3 - 10)
     assert predicted_answers(examples, features, starts, ends, 20, 1) == {"a": "delta"}
-    # n_best_size=1 pairs each window's top start with its top end only: no valid span, no answer
-    assert predicted_answers(examples, features, starts, ends, 1, 30) == {"a": ""}
+    # n_best_size=1 pairs each window's top start with its top end only: window 2's padding takes no place
+    assert predicted_answers(examples, features, starts, ends, 1, 30) == {"a": "zeta eta"}
+    # window 1 alone: its 2 best starts (question token, "delta") and ends ("alpha", "gamma") make no valid span;
+    # its 3 best add the start "beta" and the end "delta": "delta" (6 - 1) beats "beta gamma" (2 + 2)
+    assert predicted_answers(examples, features[:1], starts, ends, 2, 30) == {"a": ""}
+    assert predicted_answers(examples, features[:1], starts, ends, 3, 30) == {"a": "delta"}
     # equal scores: the earlier window wins, as in utils_qa
     tied = np.stack([logits_for(width, {4: 1.0}), logits_for(width, {3: 1.0})])
     assert predicted_answers(examples, features, tied, tied, 20, 30) == {"a": "beta"}
@@ -371,7 +381,10 @@ def bad_rows(qa, case: str) -> list[dict]:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("missing_column", r"column\(s\) \['query'\] not found in the train data; its columns are \['id', 'title', 'context'"),
+        (
+            "missing_column",
+            r"column\(s\) \['query'\] not found in the train data; its columns are \['id', 'title', 'context'",
+        ),
         (
             "moved_answer",
             r"the answer '.+' of example 'bad' of the train data does not occur in its context at answer_start=\d+ "
@@ -433,16 +446,6 @@ def test_bad_input_stops_before_training(qa, tmp_path, capsys, case, message):
     assert not output_dir.exists()
 
 
-def pipeline_answers(folder: Path, rows: list[dict]) -> list[str]:
-    answerer = pipeline("question-answering", model=str(folder), trust_remote_code=True)
-    return [
-        answerer(question=row["question"], context=row["context"], max_seq_len=MAX_SEQ_LENGTH, max_answer_len=30)[
-            "answer"
-        ]
-        for row in rows
-    ]
-
-
 def test_run_exports_a_model_whose_pipeline_gives_the_evaluated_answers(qa, tmp_path, capsys):
     """A corrected run beside its stock baseline: both are evaluated with exact match and F1 and compared; the
     export's card is a question-answering card, and its pipeline gives exactly the answers the evaluation scored."""
@@ -469,7 +472,9 @@ def test_run_exports_a_model_whose_pipeline_gives_the_evaluated_answers(qa, tmp_
     tokenizer = qa["tokenizer"]
     fits = [len(tokenizer(row["question"], row["context"])["input_ids"]) <= MAX_SEQ_LENGTH for row in rows]
     assert all(fits), "each evaluation passage is one feature, where pipeline and evaluation rank spans alike"
-    answers = pipeline_answers(output_dir, rows)
+    answerer = pipeline("question-answering", model=str(output_dir), trust_remote_code=True)
+    limits = {"max_seq_len": MAX_SEQ_LENGTH, "doc_stride": 12, "max_answer_len": 30}
+    answers = [answerer(question=row["question"], context=row["context"], **limits)["answer"] for row in rows]
     for answer, row in zip(answers, rows, strict=True):
         assert answer and answer in row["context"]
     scores = load_metric("squad").compute(
@@ -478,6 +483,35 @@ def test_run_exports_a_model_whose_pipeline_gives_the_evaluated_answers(qa, tmp_
     )
     assert scores["exact_match"] == pytest.approx(metrics["eval_exact_match"])
     assert scores["f1"] == pytest.approx(metrics["eval_f1"])
+
+    # Passages of several windows, asked together: the pipeline ranks the spans of all windows as the evaluation's
+    # post-processing does on the same model's logits; top_k gives the best spans with softmax scores.
+    long_rows = qa["train_rows"][:3]
+    features = tokenize_examples(as_batch(long_rows), tokenizer, MAX_SEQ_LENGTH, 12)
+    assert len(features["example_id"]) > len(long_rows)
+    model = CenteredBertForQuestionAnswering.from_pretrained(output_dir).eval()
+    starts, ends = [], []
+    with torch.no_grad():
+        for index in range(len(features["example_id"])):
+            inputs = {name: torch.tensor([features[name][index]]) for name in MODEL_INPUTS}
+            outputs = model(**inputs)
+            starts.append(outputs.start_logits[0].numpy())
+            ends.append(outputs.end_logits[0].numpy())
+    links = [
+        {"example_id": example_id, "offset_mapping": offsets}
+        for example_id, offsets in zip(features["example_id"], features["offset_mapping"], strict=True)
+    ]
+    expected = predicted_answers(long_rows, links, starts, ends, 20, 30)
+    questions, contexts = [row["question"] for row in long_rows], [row["context"] for row in long_rows]
+    together = answerer(question=questions, context=contexts, **limits)
+    assert [answer["answer"] for answer in together] == [expected[row["id"]] for row in long_rows]
+    batched = answerer(question=questions, context=contexts, batch_size=2, **limits)  # padded features
+    assert [answer["answer"] for answer in batched] == [answer["answer"] for answer in together]
+    assert [answer["score"] for answer in batched] == pytest.approx([answer["score"] for answer in together])
+    best = answerer(question=questions[0], context=contexts[0], top_k=3, **limits)
+    assert best[0] == together[0] and len(best) == 3
+    assert best[0]["score"] >= best[1]["score"] >= best[2]["score"] and sum(a["score"] for a in best) <= 1 + 1e-6
+    assert all(answer["answer"] == contexts[0][answer["start"] : answer["end"]] for answer in best)
 
 
 def test_lora_trains_the_head_and_merges(qa, tmp_path):
