@@ -6,16 +6,26 @@ import functools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import bert_config, bert_inputs, run_without_the_package, vit_config, vit_inputs
+from conftest import VIT_SIZES, bert_config, bert_inputs, run_without_the_package, vit_config, vit_inputs
 from huggingface_hub import HfApi, ModelCard
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+from PIL import Image
+from torch.nn import functional as F
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, pipeline
 
 from hf_centered import (
+    CenteredBertForMultipleChoice,
+    CenteredBertForNextSentencePrediction,
+    CenteredBertForPreTraining,
+    CenteredBertForQuestionAnswering,
     CenteredBertForSequenceClassification,
     CenteredBertModel,
     CenteredViTForImageClassification,
+    CenteredViTForMaskedImageModeling,
+    CenteredViTForSemanticSegmentation,
+    CenteredViTImageProcessor,
     export_for_hub,
     push_to_hub,
 )
@@ -37,6 +47,21 @@ LOAD_WITHOUT_PACKAGE = """
     base = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
     print(json.dumps({"class": type(model).__name__, "base": type(base).__name__}))
 """
+
+
+# Every Auto class an exported folder's auto_map names, besides AutoConfig and AutoModel.
+EXPORTED_HEADS = {
+    "bert": {
+        "AutoModelForSequenceClassification",
+        "AutoModelForMaskedLM",
+        "AutoModelForTokenClassification",
+        "AutoModelForQuestionAnswering",
+        "AutoModelForMultipleChoice",
+        "AutoModelForNextSentencePrediction",
+        "AutoModelForPreTraining",
+    },
+    "vit": {"AutoModelForImageClassification", "AutoModelForMaskedImageModeling", "AutoModelForSemanticSegmentation"},
+}
 
 
 def _move_learned_gates(model: torch.nn.Module) -> None:
@@ -73,10 +98,7 @@ def test_export_reloads_without_the_package(tmp_path, family, auto_class, streng
     assert {"config.json", "model.safetensors", "README.md", "configuration_centered.py"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-    expected_keys = {"AutoConfig", "AutoModel", auto_class}
-    if family == "bert":
-        expected_keys |= {"AutoModelForMaskedLM", "AutoModelForTokenClassification"}
-    assert set(auto_map) == expected_keys
+    assert set(auto_map) == {"AutoConfig", "AutoModel", *EXPORTED_HEADS[family]}
     for reference in auto_map.values():
         assert (folder / (reference.split(".")[0] + ".py")).is_file()
 
@@ -84,6 +106,112 @@ def test_export_reloads_without_the_package(tmp_path, family, auto_class, streng
     assert loaded["class"] == type(model).__name__
     assert loaded["base"] == ("CenteredBertModel" if family == "bert" else "CenteredViTModel")
     assert torch.equal(torch.load(tmp_path / "remote_logits.pt"), expected)
+
+
+LOAD_HEADS_WITHOUT_PACKAGE = """
+    import json, torch
+    import transformers
+    classes = {}
+    for folder, auto_class in zip(sys.argv[1::2], sys.argv[2::2]):
+        model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True).eval()
+        assert "hf_centered" not in type(model).__module__, type(model).__module__
+        with torch.no_grad():
+            output = model(**torch.load(folder + ".inputs.pt"))
+        tensors = {name: value for name, value in output.items() if name not in ("hidden_states", "attentions")}
+        torch.save(tensors, folder + ".remote.pt")
+        classes[auto_class] = type(model).__name__
+    print(json.dumps(classes))
+"""
+
+
+def _new_head_exports() -> list[tuple[str, torch.nn.Module, dict[str, torch.Tensor], str]]:
+    """(Auto class, model, inputs, pipeline tag) of every head added after the first six, with every correction
+    under a gated fusion; masked image modelling masks half the patches and segmentation has labels, so that their
+    losses are compared too."""
+    fields = dict(correction=["centered", "neutreno", "contranorm", "dgn"], fusion="gate")
+    vit = vit_config(encoder_stride=VIT_SIZES["patch_size"], **fields)
+    images = vit_inputs()
+    num_patches = (VIT_SIZES["image_size"] // VIT_SIZES["patch_size"]) ** 2
+    masked = {**images, "bool_masked_pos": torch.rand(3, num_patches) < 0.5}
+    labels = torch.randint(0, vit.num_labels, (3, VIT_SIZES["image_size"], VIT_SIZES["image_size"]))
+    labels[0, :3] = vit.semantic_loss_ignore_index
+    choices = {name: tensor.view(3, 2, -1) for name, tensor in bert_inputs(batch_size=6).items()}
+    return [
+        ("AutoModelForQuestionAnswering", CenteredBertForQuestionAnswering(bert_config(num_labels=2, **fields)),
+         bert_inputs(), "question-answering"),
+        ("AutoModelForMultipleChoice", CenteredBertForMultipleChoice(bert_config(**fields)), choices,
+         "multiple-choice"),
+        ("AutoModelForNextSentencePrediction", CenteredBertForNextSentencePrediction(bert_config(**fields)),
+         bert_inputs(), "text-classification"),
+        ("AutoModelForPreTraining", CenteredBertForPreTraining(bert_config(**fields)), bert_inputs(), "fill-mask"),
+        ("AutoModelForMaskedImageModeling", CenteredViTForMaskedImageModeling(vit), masked,
+         "image-feature-extraction"),
+        ("AutoModelForSemanticSegmentation", CenteredViTForSemanticSegmentation(vit), {**images, "labels": labels},
+         "image-segmentation"),
+    ]  # fmt: skip
+
+
+def test_new_heads_export_and_reload_without_the_package(tmp_path):
+    """Each head's export loads through its Auto class where hf_centered cannot be imported and gives bit-identical
+    outputs (and losses); its card carries the head's pipeline tag."""
+    arguments, expected, classes = [], {}, {}
+    for auto_class, model, inputs, pipeline_tag in _new_head_exports():
+        classes[auto_class] = type(model).__name__
+        model.train()
+        model(**inputs)  # non-default DGN running statistics must travel too
+        model.eval()
+        folder = export_for_hub(model, tmp_path / auto_class)
+        assert ModelCard.load(folder / "README.md").data.pipeline_tag == pipeline_tag
+        torch.save(inputs, f"{folder}.inputs.pt")
+        with torch.no_grad():
+            output = model(**inputs)
+        expected[auto_class] = {name: output[name] for name in output if name not in ("hidden_states", "attentions")}
+        arguments += [str(folder), auto_class]
+    assert run_without_the_package(tmp_path, LOAD_HEADS_WITHOUT_PACKAGE, *arguments) == classes
+    for folder, auto_class in zip(arguments[::2], arguments[1::2], strict=True):
+        remote = torch.load(f"{folder}.remote.pt")
+        assert remote.keys() == expected[auto_class].keys() and len(remote) >= 1
+        for name, tensor in expected[auto_class].items():
+            assert torch.equal(remote[name], tensor), (auto_class, name)
+
+
+SEGMENT_WITHOUT_THE_PACKAGE = """
+    import json
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+    folder, image_file = sys.argv[1:]
+    segments = pipeline("image-segmentation", model=folder, trust_remote_code=True)(Image.open(image_file))
+    print(json.dumps([[segment["label"], np.asarray(segment["mask"]).tolist()] for segment in segments]))
+"""
+
+
+def test_segmentation_export_segments_pil_images_in_the_pipeline(tmp_path):
+    """`pipeline("image-segmentation", folder, trust_remote_code=True)` on a PIL image of another size than the
+    model's: one mask per predicted class, at the image's size, as computed by hand from the logits resized to it;
+    the same without hf_centered."""
+    labels = {0: "background", 1: "digit", 2: "edge"}
+    config = vit_config(image_size=15, patch_size=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = CenteredViTForSemanticSegmentation(config).eval()
+    with torch.no_grad():  # logits that vary over the image, so that several classes show
+        model.decode_head.weight.mul_(50)
+    processor = CenteredViTImageProcessor(size={"height": 15, "width": 15})
+    folder = export_for_hub(model, tmp_path / "segmenter", processor)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8))  # 23 wide
+    image.save(tmp_path / "image.png")
+
+    with torch.no_grad():
+        logits = model(**processor(images=image, return_tensors="pt")).logits
+    label_map = F.interpolate(logits, size=(17, 23), mode="bilinear", align_corners=False)[0].argmax(dim=0).numpy()
+    expected = [[labels[label], ((label_map == label) * 255).tolist()] for label in np.unique(label_map)]
+    assert len(expected) >= 2
+
+    segments = pipeline("image-segmentation", model=str(folder), trust_remote_code=True)(image)
+    assert all(segment["mask"].size == image.size and segment["score"] is None for segment in segments)
+    assert [[segment["label"], np.asarray(segment["mask"]).tolist()] for segment in segments] == expected
+    assert run_without_the_package(tmp_path, SEGMENT_WITHOUT_THE_PACKAGE, str(folder), str(tmp_path / "image.png")) == (
+        expected
+    )
 
 
 def test_model_card_describes_the_model(tmp_path):

@@ -8,6 +8,7 @@ from conftest import (
     ALL_CORRECTIONS,
     CORRECTIONS,
     FUSIONS,
+    VIT_SIZES,
     bert_config,
     bert_inputs,
     max_real_token_diff,
@@ -16,29 +17,51 @@ from conftest import (
     vit_config,
     vit_inputs,
 )
+from huggingface_hub.errors import StrictDataclassFieldValidationError
+from torch.nn import functional as F
 from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
     AutoModelForMaskedLM,
+    AutoModelForMultipleChoice,
+    AutoModelForNextSentencePrediction,
+    AutoModelForPreTraining,
+    AutoModelForQuestionAnswering,
+    AutoModelForSemanticSegmentation,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     BertForMaskedLM,
+    BertForMultipleChoice,
+    BertForNextSentencePrediction,
+    BertForPreTraining,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
     ViTForImageClassification,
+    ViTForMaskedImageModeling,
     ViTModel,
 )
+from transformers.modeling_outputs import SemanticSegmenterOutput
 
 import hf_centered
 from hf_centered import (
     CenteredBertConfig,
     CenteredBertForMaskedLM,
+    CenteredBertForMultipleChoice,
+    CenteredBertForNextSentencePrediction,
+    CenteredBertForPreTraining,
+    CenteredBertForQuestionAnswering,
     CenteredBertForSequenceClassification,
     CenteredBertForTokenClassification,
     CenteredBertModel,
+    CenteredBertPreTrainedModel,
+    CenteredViTConfig,
     CenteredViTForImageClassification,
+    CenteredViTForMaskedImageModeling,
+    CenteredViTForSemanticSegmentation,
     CenteredViTModel,
 )
 from hf_centered.corrections import CORRECTIONS as REGISTRY
@@ -49,12 +72,62 @@ BERT_PAIRS = [
     (BertForSequenceClassification, CenteredBertForSequenceClassification),
     (BertForMaskedLM, CenteredBertForMaskedLM),
     (BertForTokenClassification, CenteredBertForTokenClassification),
+    (BertForQuestionAnswering, CenteredBertForQuestionAnswering),
+    (BertForMultipleChoice, CenteredBertForMultipleChoice),
+    (BertForNextSentencePrediction, CenteredBertForNextSentencePrediction),
+    (BertForPreTraining, CenteredBertForPreTraining),
 ]
-VIT_PAIRS = [(ViTModel, CenteredViTModel), (ViTForImageClassification, CenteredViTForImageClassification)]
+VIT_PAIRS = [
+    (ViTModel, CenteredViTModel),
+    (ViTForImageClassification, CenteredViTForImageClassification),
+    (ViTForMaskedImageModeling, CenteredViTForMaskedImageModeling),
+]
+NEW_BERT_HEADS = [
+    CenteredBertForQuestionAnswering,
+    CenteredBertForMultipleChoice,
+    CenteredBertForNextSentencePrediction,
+    CenteredBertForPreTraining,
+]
+NUM_CHOICES = 2
 
 
-def _main_output(output):
-    return output.logits if hasattr(output, "logits") else output.last_hidden_state
+def as_choices(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch of rows `(B·NUM_CHOICES, n)` as multiple-choice inputs `(B, NUM_CHOICES, n)`."""
+    return {name: tensor.view(-1, NUM_CHOICES, tensor.shape[-1]) for name, tensor in inputs.items()}
+
+
+def head_inputs(model_class: type) -> dict[str, torch.Tensor]:
+    """Inputs shaped as the head takes them: a padded batch for BERT (3 questions × 2 choices for multiple choice),
+    images for ViT, with half the patches masked for masked image modelling (its loss then compares too)."""
+    if model_class is CenteredBertForMultipleChoice:
+        return as_choices(bert_inputs(batch_size=3 * NUM_CHOICES))
+    if issubclass(model_class, CenteredBertPreTrainedModel):
+        return bert_inputs()
+    inputs = vit_inputs()
+    if model_class is CenteredViTForMaskedImageModeling:
+        num_patches = (VIT_SIZES["image_size"] // VIT_SIZES["patch_size"]) ** 2
+        inputs["bool_masked_pos"] = torch.rand(inputs["pixel_values"].shape[0], num_patches) < 0.5
+    return inputs
+
+
+def head_config(model_class: type, **fields):
+    """The tiny configuration of the head's family, with what the head needs: two logits per token for question
+    answering (start, end), and patch_size × patch_size pixels reconstructed per patch in masked image modelling."""
+    if issubclass(model_class, CenteredBertPreTrainedModel):
+        return bert_config(**({"num_labels": 2} if model_class is CenteredBertForQuestionAnswering else {}), **fields)
+    return vit_config(encoder_stride=VIT_SIZES["patch_size"], **fields)
+
+
+def compared_outputs(output) -> dict[str, torch.Tensor]:
+    """Every tensor a head returns (logits, reconstruction, loss, ...), without the per-layer states."""
+    return {name: value for name, value in output.items() if name not in ("hidden_states", "attentions")}
+
+
+def real_token_diff(actual: torch.Tensor, expected: torch.Tensor, attention_mask: torch.Tensor | None) -> float:
+    """Largest difference, over the real tokens for a per-token output (padded positions are garbage)."""
+    if attention_mask is not None and actual.shape[: attention_mask.dim()] == attention_mask.shape:
+        return max_real_token_diff(actual, expected, attention_mask)
+    return (actual - expected).abs().max().item()
 
 
 def _assert_stock_equivalent(stock_class, centered_class, config, inputs, tol=1e-6):
@@ -63,21 +136,63 @@ def _assert_stock_equivalent(stock_class, centered_class, config, inputs, tol=1e
     missing, unexpected = stock.load_state_dict(model.state_dict(), strict=False)
     assert not missing and all("corrections" in name for name in unexpected)
     with torch.no_grad():
-        expected, actual = _main_output(stock(**inputs)), _main_output(model(**inputs))
-    if "attention_mask" in inputs and actual.dim() == 3:  # per-token outputs: padded positions are garbage
-        assert max_real_token_diff(actual, expected, inputs["attention_mask"]) <= tol
-    else:
-        assert (actual - expected).abs().max() <= tol
+        expected, actual = compared_outputs(stock(**inputs)), compared_outputs(model(**inputs))
+    assert actual.keys() == expected.keys() and actual
+    for name in expected:
+        assert real_token_diff(actual[name], expected[name], inputs.get("attention_mask")) <= tol, name
 
 
 @pytest.mark.parametrize(("stock_class", "centered_class"), BERT_PAIRS, ids=lambda c: c.__name__)
 def test_bert_none_equals_stock(stock_class, centered_class):
-    _assert_stock_equivalent(stock_class, centered_class, bert_config(correction="none"), bert_inputs())
+    config = head_config(centered_class, correction="none")
+    _assert_stock_equivalent(stock_class, centered_class, config, head_inputs(centered_class))
 
 
 @pytest.mark.parametrize(("stock_class", "centered_class"), VIT_PAIRS, ids=lambda c: c.__name__)
 def test_vit_none_equals_stock(stock_class, centered_class):
-    _assert_stock_equivalent(stock_class, centered_class, vit_config(correction="none"), vit_inputs())
+    config = head_config(centered_class, correction="none")
+    _assert_stock_equivalent(stock_class, centered_class, config, head_inputs(centered_class))
+
+
+@pytest.mark.parametrize(
+    ("stock_class", "centered_class"),
+    [pair for pair in BERT_PAIRS + VIT_PAIRS if pair[1] in (*NEW_BERT_HEADS, CenteredViTForMaskedImageModeling)],
+    ids=lambda c: c.__name__,
+)
+def test_stock_head_checkpoint_loads_every_weight(tmp_path, stock_class, centered_class):
+    """A stock checkpoint of the same head loads whole (tied decoders and ViT's legacy names included), and with
+    `correction="none"` gives the stock outputs."""
+    stock = stock_class(stock_config(head_config(centered_class, correction="none"))).eval()
+    stock.save_pretrained(tmp_path)
+    model, info = centered_class.from_pretrained(tmp_path, correction="none", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    inputs = head_inputs(centered_class)
+    with torch.no_grad():
+        expected, actual = compared_outputs(stock(**inputs)), compared_outputs(model.eval()(**inputs))
+    for name in expected:
+        assert real_token_diff(actual[name], expected[name], inputs.get("attention_mask")) <= 1e-6, name
+    if centered_class is CenteredBertForPreTraining:
+        decoder, embeddings = model.cls.predictions.decoder, model.bert.embeddings.word_embeddings
+        assert decoder.weight.data_ptr() == embeddings.weight.data_ptr()
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+@pytest.mark.parametrize("model_class", NEW_BERT_HEADS, ids=lambda c: c.__name__)
+def test_new_bert_heads_are_padding_invariant(model_class, methods, training):
+    """Extra padding changes no output at real tokens: the pooled heads (multiple choice, next sentence) read [CLS],
+    question answering and pre-training every real token; the multiple-choice rows are flattened into one batch."""
+    model = model_class(head_config(model_class, correction=methods)).train(training)
+    inputs = bert_inputs(batch_size=3 * NUM_CHOICES)
+    shape = as_choices if model_class is CenteredBertForMultipleChoice else dict
+    with torch.no_grad():
+        short = compared_outputs(model(**shape(inputs)))
+        long = compared_outputs(model(**shape(pad_more(inputs, 5))))
+    for name, tensor in short.items():
+        if tensor.shape[:2] == inputs["attention_mask"].shape:
+            assert max_real_token_diff(tensor, long[name], inputs["attention_mask"]) <= 1e-5, name
+        else:
+            torch.testing.assert_close(tensor, long[name], atol=1e-5, rtol=0, msg=name)
 
 
 @pytest.mark.parametrize("name", CORRECTIONS)
@@ -403,8 +518,14 @@ def test_auto_classes_resolve_to_centered_models():
     assert type(AutoModelForSequenceClassification.from_config(bert)) is CenteredBertForSequenceClassification
     assert type(AutoModelForMaskedLM.from_config(bert)) is CenteredBertForMaskedLM
     assert type(AutoModelForTokenClassification.from_config(bert)) is CenteredBertForTokenClassification
+    assert type(AutoModelForQuestionAnswering.from_config(bert)) is CenteredBertForQuestionAnswering
+    assert type(AutoModelForMultipleChoice.from_config(bert)) is CenteredBertForMultipleChoice
+    assert type(AutoModelForNextSentencePrediction.from_config(bert)) is CenteredBertForNextSentencePrediction
+    assert type(AutoModelForPreTraining.from_config(bert)) is CenteredBertForPreTraining
     assert type(AutoModel.from_config(vit)) is CenteredViTModel
     assert type(AutoModelForImageClassification.from_config(vit)) is CenteredViTForImageClassification
+    assert type(AutoModelForMaskedImageModeling.from_config(vit)) is CenteredViTForMaskedImageModeling
+    assert type(AutoModelForSemanticSegmentation.from_config(vit)) is CenteredViTForSemanticSegmentation
     assert hf_centered.available_corrections()[0] == "none"
     assert set(hf_centered.available_fusions()) == {"none", "concat", "max", "gate"}
 
@@ -519,3 +640,105 @@ def test_backward_keeps_only_the_declared_extra_activations(method, strength):
     assert counts["ours"] - counts["stock"] == expected
     # SDPA on CPU also saves the padding mask as an additive (B, 1, n, n) float tensor; it needs no gradient.
     assert not any(tensor.requires_grad and tensor.shape[-2:] == (seq_len, seq_len) for tensor in floating)
+
+
+# Semantic segmentation: a 15×15 image in 3×3 patches (a 5×5 grid), 5 classes.
+SEGMENTATION_SIZES = dict(image_size=15, patch_size=3, num_labels=5)
+
+
+def reference_segmentation_logits(model: CenteredViTForSemanticSegmentation, pixel_values, **kwargs) -> torch.Tensor:
+    """Segmenter's linear decoder written out: each patch token (row-major over the grid, after [CLS]) times the
+    decoder's weights, laid out on the `(H/p, W/p)` grid, bilinearly upsampled to the image's size."""
+    batch_size, _, height, width = pixel_values.shape
+    patch = SEGMENTATION_SIZES["patch_size"]
+    tokens = model.vit(pixel_values, **kwargs).last_hidden_state[:, 1:]
+    weight, bias = model.decode_head.weight, model.decode_head.bias
+    grid = torch.einsum("bnd,kd->bnk", tokens, weight) + bias
+    grid = grid.reshape(batch_size, height // patch, width // patch, -1).permute(0, 3, 1, 2)
+    return F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def reference_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Mean over the pixels whose label is not `ignore_index` of −log softmax(logits)[label]."""
+    kept = labels != ignore_index
+    log_probabilities = logits.permute(0, 2, 3, 1)[kept].log_softmax(dim=-1)
+    return -log_probabilities.gather(1, labels[kept][:, None]).mean()
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "interpolate"),
+    [(15, 15, False), (15, 9, True), (16, 11, True)],
+    ids=["config-size", "non-square", "not-a-multiple-of-the-patch"],
+)
+@pytest.mark.parametrize(
+    "fields",
+    [{"correction": "none"}, *({"correction": methods} for methods in METHOD_SETS), {"fusion": "gate"}],
+    ids=lambda fields: "+".join(fields.get("correction", ["fusion:gate"])) if fields else "",
+)
+def test_segmentation_logits_and_loss_follow_segmenters_linear_decoder(fields, height, width, interpolate):
+    """Logits `(B, num_labels, H, W)` at the input's size on odd and non-square sizes, equal to the decoder written
+    out (under every correction, and on fused tokens); the loss is the cross-entropy averaged over the pixels not
+    labelled `semantic_loss_ignore_index`."""
+    config = vit_config(**fields, **SEGMENTATION_SIZES)
+    model = CenteredViTForSemanticSegmentation(config).eval()
+    pixel_values = torch.randn(2, 3, height, width)
+    labels = torch.randint(0, config.num_labels, (2, height, width))
+    labels[0, :4] = config.semantic_loss_ignore_index  # the top rows of one image are not annotated
+    kwargs = {"interpolate_pos_encoding": True} if interpolate else {}
+    with torch.no_grad():
+        output = model(pixel_values=pixel_values, labels=labels, **kwargs)
+        expected = reference_segmentation_logits(model, pixel_values, **kwargs)
+    assert isinstance(output, SemanticSegmenterOutput)
+    assert output.logits.shape == (2, config.num_labels, height, width)
+    torch.testing.assert_close(output.logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output.loss, reference_cross_entropy(expected, labels, 255), atol=1e-5, rtol=1e-5)
+
+
+def test_segmentation_loss_ignores_the_configured_label_and_trains_the_decoder():
+    """Pixels labelled `semantic_loss_ignore_index` (here 3, a class id) get no gradient and leave the loss the mean
+    over the other pixels; the gradient reaches the decoder and the backbone's first layer."""
+    model = CenteredViTForSemanticSegmentation(vit_config(semantic_loss_ignore_index=3, **SEGMENTATION_SIZES))
+    pixel_values = torch.randn(2, 3, 15, 15)
+    labels = torch.randint(0, 5, (2, 15, 15))
+    labels[:, :, :6] = 3
+    output = model(pixel_values=pixel_values, labels=labels)
+    output.logits.retain_grad()
+    output.loss.backward()
+    ignored = (labels == 3)[:, None].expand_as(output.logits)
+    assert torch.all(output.logits.grad[ignored] == 0) and output.logits.grad[~ignored].abs().min() > 0
+    expected = reference_cross_entropy(output.logits.detach(), labels, ignore_index=3)
+    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert model.decode_head.weight.grad.abs().sum() > 0
+    assert model.vit.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_segmentation_head_loads_a_stock_vit_checkpoint(tmp_path):
+    """Every backbone weight of a stock ViT checkpoint (legacy names) loads; only the decoder is new, initialised by
+    `_init_weights` as transformers initialises a linear layer (N(0, initializer_range), bias 0)."""
+    stock = ViTModel(stock_config(vit_config(image_size=15, patch_size=3)), add_pooling_layer=False)
+    stock.save_pretrained(tmp_path)
+    model, info = CenteredViTForSemanticSegmentation.from_pretrained(
+        tmp_path, correction="centered", num_labels=40, output_loading_info=True
+    )
+    assert set(info["missing_keys"]) == {"decode_head.weight", "decode_head.bias"} and not info["unexpected_keys"]
+    for name, tensor in stock.state_dict().items():
+        assert torch.equal(model.vit.state_dict()[name], tensor), name
+    assert torch.all(model.decode_head.bias == 0)
+    assert model.decode_head.weight.std().item() == pytest.approx(model.config.initializer_range, rel=0.2)
+
+
+def test_segmentation_refuses_a_loss_over_one_class():
+    model = CenteredViTForSemanticSegmentation(vit_config(image_size=15, patch_size=3, num_labels=1))
+    with pytest.raises(ValueError, match="num_labels=1"):
+        model(pixel_values=torch.randn(1, 3, 15, 15), labels=torch.zeros(1, 15, 15, dtype=torch.long))
+
+
+@pytest.mark.parametrize("value", ["255", 2.0, True, None])
+def test_semantic_loss_ignore_index_is_validated_and_saved(tmp_path, value):
+    assert CenteredViTConfig().semantic_loss_ignore_index == 255
+    with pytest.raises(StrictDataclassFieldValidationError, match=f"semantic_loss_ignore_index={value!r} is not"):
+        CenteredViTConfig(semantic_loss_ignore_index=value)
+    vit_config(semantic_loss_ignore_index=-100).save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).semantic_loss_ignore_index == -100
+    with pytest.raises(StrictDataclassFieldValidationError, match="semantic_loss_ignore_index"):
+        CenteredViTConfig.from_pretrained(tmp_path, semantic_loss_ignore_index=value)

@@ -12,8 +12,12 @@ module is skipped with one line, except under CI (`$CI` set), where that is a fa
 The testers mirror the stock `BertModelTester` / `ViTModelTester` of transformers' repository (same sizes, dropout,
 inputs and labels, but 14×14 images instead of 30×30), building our configurations; each family runs under
 `CONFIGURATIONS`: centered attention with learned strengths, NeuTRENO at a fixed strength, and centered attention,
-ContraNorm and DGN at fixed strengths under a gated fusion. Stock BERT and ViT (the same testers, stock classes and
-configurations) pass every selected test here.
+ContraNorm and DGN at fixed strengths under a gated fusion. The model classes are those of the stock `BertModelTest` /
+`ViTModelTest` (but the causal `BertLMHeadModel`, which the corrected encoders refuse): the backbone, masked LM,
+sequence, token and image classification in every configuration, the further `heads` (question answering, multiple
+choice, next-sentence prediction, pre-training, masked image modelling) in `HEADS_CONFIGURATION` only, with
+`CenteredViTForSemanticSegmentation`, which has no stock twin (the suite gives it per-pixel labels). Stock BERT and ViT
+(the same testers, stock classes and configurations) pass every selected test here.
 
 Selection rule (this file must stay within about 60-90 s of the suite's 2-core budget):
 - every test of `ModelTesterMixin` that stock BERT/ViT pass on a CPU machine runs for every configuration, except
@@ -47,11 +51,17 @@ from transformers.models.auto import modeling_auto
 from hf_centered import (
     CenteredBertConfig,
     CenteredBertForMaskedLM,
+    CenteredBertForMultipleChoice,
+    CenteredBertForNextSentencePrediction,
+    CenteredBertForPreTraining,
+    CenteredBertForQuestionAnswering,
     CenteredBertForSequenceClassification,
     CenteredBertForTokenClassification,
     CenteredBertModel,
     CenteredViTConfig,
     CenteredViTForImageClassification,
+    CenteredViTForMaskedImageModeling,
+    CenteredViTForSemanticSegmentation,
     CenteredViTModel,
 )
 
@@ -261,6 +271,9 @@ parameters (initialisation, loading, gradients) on a model that computes the sto
 every correction active."""
 FULL_CONFIGURATION = "centered_contranorm_dgn_gate"
 """The configuration that also runs `SLOW_TESTS`."""
+HEADS_CONFIGURATION = "neutreno_fixed"
+"""The configuration that also runs each family's further `heads`: every head doubles the time of the tests that
+loop over the model classes, and the heads only add their layers on top of a backbone the other classes test."""
 
 # Tests of `ModelTesterMixin` that stock BERT and ViT skip on a CPU machine (GPU, flash attention, DeepSpeed, kernels,
 # accelerate offloading), that do not apply to an encoder with absolute positions (RoPE, MoE, sliding windows,
@@ -342,12 +355,19 @@ def _stock_class(model_class: type) -> type:
     return next(cls for cls in model_class.__mro__ if cls.__module__.startswith("transformers."))
 
 
+# Our heads without a stock twin, and the Auto mapping that decides their inputs and labels.
+WITHOUT_STOCK_TWIN = {
+    CenteredViTForSemanticSegmentation.__name__: modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES,
+}
+
+
 class SuiteMixin(ModelTesterMixin):
     """What each test class shares: the stock tester, and our classes entered in the Auto mappings by name.
 
     `ModelTesterMixin` decides a class's inputs and labels by looking its name up in the stock `*_MAPPING_NAMES`
     (e.g. `MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES`); each of our classes is entered, for the duration of a
-    test, in every mapping that lists its stock base class for the stock model type.
+    test, in every mapping that lists its stock base class for the stock model type, or for a head without a stock
+    twin, in the mapping of its Auto class (`WITHOUT_STOCK_TWIN`).
     """
 
     model_tester_class: type
@@ -366,7 +386,11 @@ class SuiteMixin(ModelTesterMixin):
                 continue
             for model_class in self.all_model_classes:
                 stock_name = _stock_class(model_class).__name__
-                if model_class.__name__ != stock_name and mapping.get(self.stock_model_type) == stock_name:
+                if model_class.__name__ in WITHOUT_STOCK_TWIN:
+                    entered = mapping is WITHOUT_STOCK_TWIN[model_class.__name__]
+                else:
+                    entered = model_class.__name__ != stock_name and mapping.get(self.stock_model_type) == stock_name
+                if entered:
                     patcher = mock.patch.dict(mapping, {model_type: model_class.__name__})
                     patcher.start()
                     self.addCleanup(patcher.stop)
@@ -374,6 +398,18 @@ class SuiteMixin(ModelTesterMixin):
     def test_config(self):
         tester = ConfigTester(self, config_class=self.config_class, **self.config_tester_kwargs, **self.corrections)
         tester.run_common_tests()
+
+
+class BertSuiteMixin(SuiteMixin):
+    """The stock `BertModelTest`'s own input preparation: pre-training also takes the next-sentence labels."""
+
+    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
+        inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=return_labels)
+        if return_labels and model_class is CenteredBertForPreTraining:
+            batch_size, seq_length = self.model_tester.batch_size, self.model_tester.seq_length
+            inputs_dict["labels"] = torch.zeros((batch_size, seq_length), dtype=torch.long)
+            inputs_dict["next_sentence_label"] = torch.zeros(batch_size, dtype=torch.long)
+        return inputs_dict
 
 
 class ViTSuiteMixin(SuiteMixin):
@@ -390,7 +426,7 @@ class ViTSuiteMixin(SuiteMixin):
 
 FAMILIES = {
     "Bert": dict(
-        suite=SuiteMixin,
+        suite=BertSuiteMixin,
         model_tester_class=BertTester,
         config_class=CenteredBertConfig,
         stock_model_type="bert",
@@ -401,6 +437,12 @@ FAMILIES = {
             CenteredBertForSequenceClassification,
             CenteredBertForTokenClassification,
         ),
+        heads=(
+            CenteredBertForMultipleChoice,
+            CenteredBertForNextSentencePrediction,
+            CenteredBertForPreTraining,
+            CenteredBertForQuestionAnswering,
+        ),
     ),
     "ViT": dict(
         suite=ViTSuiteMixin,
@@ -409,6 +451,7 @@ FAMILIES = {
         stock_model_type="vit",
         config_tester_kwargs=dict(hidden_size=37, has_text_modality=False),
         all_model_classes=(CenteredViTModel, CenteredViTForImageClassification),
+        heads=(CenteredViTForMaskedImageModeling, CenteredViTForSemanticSegmentation),
         test_resize_embeddings=False,
     ),
 }
@@ -439,6 +482,9 @@ def _test_class(family: str, configuration: str) -> type:
     """The `unittest.TestCase` of `family` under `configuration`: the selected tests, known failures marked."""
     attributes = dict(FAMILIES[family], corrections=CONFIGURATIONS[configuration], __module__=__name__)
     suite = attributes.pop("suite")
+    heads = attributes.pop("heads")
+    if configuration == HEADS_CONFIGURATION:
+        attributes["all_model_classes"] += heads
     for name in dir(suite):
         if not name.startswith("test_") or not callable(getattr(suite, name)):
             continue
