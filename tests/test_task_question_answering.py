@@ -1,9 +1,9 @@
 """question-answering: SQuAD-format data, run_qa's features and utils_qa's post-processing, squad scores, bad input,
 and tiny end-to-end runs whose export answers through `pipeline("question-answering")`.
 
-No SQuAD-format data ship offline, so `squad_rows` writes its own: real BBC News sentences as the passage, with one
-made-up fact inserted among them ("Ines Duarte was born in Quito."), and a question whose answer is a span of that
-fact ("Where was Ines Duarte born?" -> "Quito").
+No SQuAD-format data ship offline, so `squad_rows` writes its own: real BBC News sentences as the passage, with two
+made-up facts of one kind inserted among them ("Ines Duarte was born in Quito.", "Tom Baxter was born in Oslo."), and
+a question whose answer is a span of one of them ("Where was Ines Duarte born?" -> "Quito").
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ FACTS = [
     ("{person} was born in {city}.", "Who was born in {city}?", "person"),
     ("The new bridge in {city} cost {amount}.", "How much did the new bridge in {city} cost?", "amount"),
 ]
-MAX_SEQ_LENGTH = 48  # of the runs: the training passages need two or more features each
+MAX_SEQ_LENGTH = 64  # of the runs: the training passages need two or more features each
 TRAIN_SENTENCES, EVAL_SENTENCES = (1, 3), (0, 1)  # (before, after) the fact: evaluation passages fit one feature
 
 
@@ -61,20 +61,23 @@ def bbc_sentences(count: int = 400) -> list[str]:
 
 
 def squad_rows(count: int, seed: int, sentences: list[str], around: tuple[int, int]) -> list[dict]:
-    """`count` flat SQuAD rows: `around` real sentences before and after an inserted fact, and a question on it."""
+    """`count` flat SQuAD rows: `around` real sentences before and after an inserted fact, a distractor fact of the
+    same kind about others placed among them, and a question on the fact."""
     rng = random.Random(seed)
     rows = []
     for index in range(count):
-        values = {
-            "person": rng.choice(PEOPLE),
-            "city": rng.choice(CITIES),
-            "amount": f"{rng.choice([12, 40, 75, 310])} million pounds",
-        }
+        people, cities, amounts = rng.sample(PEOPLE, 2), rng.sample(CITIES, 2), rng.sample([12, 40, 75, 310], 2)
+        values, others = (
+            {"person": person, "city": city, "amount": f"{amount} million pounds"}
+            for person, city, amount in zip(people, cities, amounts, strict=True)
+        )
         fact_template, question_template, slot = FACTS[index % len(FACTS)]
         fact = fact_template.format(**values)
         before = [rng.choice(sentences) for _ in range(around[0])]
         after = [rng.choice(sentences) for _ in range(around[1])]
-        context = " ".join([*before, fact, *after])
+        passage = [*before, fact, *after]
+        passage.insert(rng.randrange(len(passage) + 1), fact_template.format(**others))
+        context = " ".join(passage)
         answer = values[slot]
         start = context.index(fact) + fact.index(answer)
         rows.append(
@@ -372,7 +375,7 @@ def bad_rows(qa, case: str) -> list[dict]:
     elif case == "duplicate_id":
         rows[3] = dict(rows[3], id="bad")
     elif case == "long_question":
-        bad["question"] = " ".join(["where"] * 50)
+        bad["question"] = " ".join(["where"] * 70)
     elif case == "question_leaves_little_room":
         bad["question"] = " ".join(["where"] * 30)
     return rows
@@ -402,16 +405,16 @@ def bad_rows(qa, case: str) -> list[dict]:
         ("empty_context", r"example 'bad' of the train data has an empty context"),
         ("duplicate_id", r"the id 'bad' occurs twice in the train data"),
         ("csv_answers", r"the answers column of example 'q0-0' of the train data holds str .*csv files cannot hold"),
-        ("stride_too_long", r"doc_stride=48 must be >= 0 and smaller than max_seq_length=48"),
+        ("stride_too_long", r"doc_stride=64 must be >= 0 and smaller than max_seq_length=64"),
         (
             "long_question",
-            r"the question of example 'bad' of the train data takes 50 tokens: with the special tokens no context "
-            r"fits in max_seq_length=48",
+            r"the question of example 'bad' of the train data takes 70 tokens: with the special tokens no context "
+            r"fits in max_seq_length=64",
         ),
         (
             "question_leaves_little_room",
-            r"the question of example 'bad' of the train data takes 30 tokens, leaving 15 of max_seq_length=48 for "
-            r"the context: not more than doc_stride=20",
+            r"the question of example 'bad' of the train data takes 30 tokens, leaving 31 of max_seq_length=64 for "
+            r"the context: not more than doc_stride=40",
         ),
         ("longer_than_the_model", r"max_seq_length=96 exceeds the model's 64 positions"),
         ("three_labels", r"num_labels=3 does not fit question answering"),
@@ -428,9 +431,9 @@ def test_bad_input_stops_before_training(qa, tmp_path, capsys, case, message):
         Dataset.from_list(rows).to_csv(bad_file)
         argv += ["--train_file", str(bad_file), "--validation_file", str(bad_file)]
     elif case == "stride_too_long":
-        argv += ["--doc_stride", "48"]
+        argv += ["--doc_stride", "64"]
     elif case == "question_leaves_little_room":
-        argv += ["--train_file", str(write_jsonl(tmp_path / "bad.jsonl", bad_rows(qa, case))), "--doc_stride", "20"]
+        argv += ["--train_file", str(write_jsonl(tmp_path / "bad.jsonl", bad_rows(qa, case))), "--doc_stride", "40"]
     elif case == "longer_than_the_model":
         argv += ["--max_seq_length", "96"]
     elif case == "three_labels":
