@@ -672,8 +672,8 @@ def reference_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_i
 )
 @pytest.mark.parametrize(
     "fields",
-    [{"correction": "none"}, *({"correction": methods} for methods in METHOD_SETS), {"fusion": "gate"}],
-    ids=lambda fields: "+".join(fields.get("correction", ["fusion:gate"])) if fields else "",
+    [{"correction": ["none"]}, *({"correction": methods} for methods in METHOD_SETS), {"fusion": "gate"}],
+    ids=["none", *("+".join(methods) for methods in METHOD_SETS), "centered+gate-fusion"],
 )
 def test_segmentation_logits_and_loss_follow_segmenters_linear_decoder(fields, height, width, interpolate):
     """Logits `(B, num_labels, H, W)` at the input's size on odd and non-square sizes, equal to the decoder written

@@ -46,6 +46,7 @@ from unittest import mock
 
 import pytest
 import torch
+from transformers import BertForPreTraining
 from transformers.models.auto import modeling_auto
 
 from hf_centered import (
@@ -405,7 +406,7 @@ class BertSuiteMixin(SuiteMixin):
 
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
         inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=return_labels)
-        if return_labels and model_class is CenteredBertForPreTraining:
+        if return_labels and issubclass(model_class, BertForPreTraining):
             batch_size, seq_length = self.model_tester.batch_size, self.model_tester.seq_length
             inputs_dict["labels"] = torch.zeros((batch_size, seq_length), dtype=torch.long)
             inputs_dict["next_sentence_label"] = torch.zeros(batch_size, dtype=torch.long)
