@@ -549,6 +549,7 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("foreign_output_dir", r"is not empty and holds no fine-tuning run; pass --overwrite"),
         ("different_run", r"holds a run with a different configuration \(learning_rate\)"),
         ("fsdp_on_cpu", r"FSDP runs on GPUs only: .*on CPU launch with configs/accelerate/ddp.yaml or torchrun"),
+        ("too_few_to_split", r"the training data hold 1 example\(s\): too few to hold out validation_split_fraction"),
         ("unknown_task", r"unknown task 'sentiment'; choose among text-classification, .*image-classification"),
         ("dataset_of_another_task", r"the built-in dataset 'digits' is for --task image-classification; the built-in"),
         ("task_of_another_modality", r"tiny_bert is a text model; --task image-classification needs an image model"),
@@ -570,6 +571,9 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
             "--validation_file",
             str(tmp_path / "broken.parquet"),
         ]
+    elif case == "too_few_to_split":
+        argv = [arg for arg in argv if arg not in ("--validation_file", str(assets.val))]
+        argv += ["--train_file", str(_write_csv(tmp_path / "one.csv", [("good film", "pos")]))]
     elif case == "unknown_task":
         argv += ["--task", "sentiment"]
     elif case == "dataset_of_another_task":

@@ -9,6 +9,7 @@ bad input with `fail`, one line and exit code 2, before any training.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,11 @@ class Task:
     remove_unused_columns: ClassVar[bool] = True
     """False for a task whose collator reads dataset columns the model does not take (the Trainer would drop them);
     its datasets then hold only those and the model's inputs."""
+
+    def names_own_data(self, args: FinetuneArguments) -> bool:
+        """Whether this task's own options name the training data (e.g. a folder of images), which then replaces
+        `--dataset_name` as `--train_file` does."""
+        return False
 
     def check_arguments(self, args: FinetuneArguments) -> None:
         """Checks of this task's options that need no data or model; `fail` on a bad one."""
@@ -191,7 +197,13 @@ def load_data_files(
     if "validation" not in raw:
         held_out = "test" if "test" in raw else None
         if held_out is None:
-            raw = raw["train"].train_test_split(test_size=data_args.validation_split_fraction, seed=seed)
+            rows, fraction = len(raw["train"]), data_args.validation_split_fraction
+            if math.ceil(rows * fraction) >= rows:  # datasets holds out ceil(rows · fraction), leaving no training row
+                fail(
+                    f"the training data hold {rows} example(s): too few to hold out validation_split_fraction="
+                    f"{fraction} of them for evaluation; give more data or a --validation_file"
+                )
+            raw = raw["train"].train_test_split(test_size=fraction, seed=seed)
             held_out = "test"
         raw = DatasetDict(train=raw["train"], validation=raw[held_out])
     return raw
