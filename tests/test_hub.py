@@ -9,11 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import VIT_SIZES, bert_config, bert_inputs, run_without_the_package, vit_config, vit_inputs
+from conftest import (
+    VIT_SIZES,
+    bert_config,
+    bert_inputs,
+    run_without_the_package,
+    stock_config,
+    vit_config,
+    vit_inputs,
+)
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from torch.nn import functional as F
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer, pipeline
+from transformers import (
+    AutoModelForSemanticSegmentation,
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizer,
+    ViTModel,
+    pipeline,
+)
 
 from hf_centered import (
     CenteredBertForMultipleChoice,
@@ -362,6 +377,19 @@ def test_cli_export_converts_a_stock_checkpoint(tmp_path, capsys):
         assert torch.equal(reloaded.state_dict()[name], tensor), name
     assert cli_main(["export", str(tmp_path / "stock"), str(tmp_path / "out2"), "--task", "image-classification"]) == 2
     assert not (tmp_path / "out2").exists()
+
+
+def test_cli_export_puts_a_segmentation_head_on_a_stock_vit(tmp_path, capsys):
+    stock = ViTModel(stock_config(vit_config(image_size=15, patch_size=3)), add_pooling_layer=False)
+    stock.save_pretrained(tmp_path / "stock")
+    arguments = ["export", str(tmp_path / "stock"), str(tmp_path / "out"), "--task", "semantic-segmentation"]
+    assert cli_main([*arguments, "--num-labels", "4", "--correction", "neutreno"]) == 0
+    assert "CenteredViTForSemanticSegmentation" in capsys.readouterr().out
+    model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "out")
+    assert type(model) is CenteredViTForSemanticSegmentation and model.config.num_labels == 4
+    for name, tensor in stock.state_dict().items():
+        assert torch.equal(model.vit.state_dict()[name], tensor), name
+    assert ModelCard.load(tmp_path / "out" / "README.md").data.pipeline_tag == "image-segmentation"
 
 
 def test_model_card_carries_the_oversmoothing_profile(tmp_path):
