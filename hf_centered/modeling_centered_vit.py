@@ -208,13 +208,15 @@ class CenteredViTForMaskedImageModeling(CenteredViTPreTrainedModel, ViTForMasked
 
 class CenteredViTForSemanticSegmentation(CenteredViTPreTrainedModel):
     r"""ViT with the linear decoder of Segmenter (Strudel, Garcia, Laptev & Schmid, *Segmenter: Transformer for
-    Semantic Segmentation*, ICCV 2021), its baseline decoder; the NeuTRENO paper evaluates on Segmenter.
+    Semantic Segmentation*, ICCV 2021), its baseline decoder.
 
     Stock transformers has no ViT segmentation head. This one follows Segmenter's `DecoderLinear`: the patch tokens of
     the final LayerNorm's output ([CLS] dropped; the fused tokens under a fusion) go through one
     `Linear(hidden_size, num_labels)` (`decode_head`, no norm of its own), which gives a `(num_labels, H/p, W/p)` map
     of logits per image, p the patch size; bilinear upsampling (`align_corners=False`, as Segmenter) brings it to the
-    input's size `(H, W)`. A linear decoder adds no attention, so the corrections act in the backbone only.
+    input's size `(H, W)`. The NeuTRENO paper evaluates on Segmenter with its other decoder, the mask transformer,
+    whose attention blocks it corrects too; the linear decoder has no attention, so the corrections act in the
+    backbone only, where every patch token's over-smoothing reaches the label map directly.
 
     `logits` are returned at the input's size, as UperNet's are (Segformer, BEiT and DPT return them at their
     decoders' resolution and upsample in the loss only); `CenteredViTImageProcessor.post_process_semantic_segmentation`
