@@ -19,6 +19,7 @@ from .auto import CONFIG_CLASSES, auto_class_name, full_auto_map
 from .corrections import CORRECTIONS
 from .diagnostics import oversmoothing_profile, plot_profiles
 from .fusion import FUSIONS
+from .pipeline_question_answering import add_to_folder as add_question_answering_pipeline
 from .strength_maps import has_learned_strengths, plot_strength_map, save_strengths, strength_table
 
 CARD_FIELDS = {
@@ -174,6 +175,8 @@ def export_for_hub(
         model.save_pretrained(staging)
         if processor is not None:
             processor.save_pretrained(staging)
+        if PIPELINE_TAGS[auto_class_name(model)] == "question-answering":
+            add_question_answering_pipeline(staging)  # transformers 5 has no question-answering pipeline of its own
         if sentence_transformers and not (staging / "tokenizer_config.json").is_file():
             logger.warning(
                 "The export leaves out the sentence-transformers modules of its source: sentence-transformers loads "

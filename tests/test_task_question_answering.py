@@ -26,7 +26,6 @@ from hf_centered import CenteredBertForQuestionAnswering
 from hf_centered.data import bbc_news
 from hf_centered.finetuning import main, parse_arguments
 from hf_centered.metrics import load_metric
-from hf_centered.pipeline_question_answering import add_to_folder
 from hf_centered.tasks import TASKS, TaskData, UsageError
 from hf_centered.tasks.question_answering import (
     MODEL_INPUTS,
@@ -469,8 +468,8 @@ def test_run_exports_a_model_whose_pipeline_gives_the_evaluated_answers(qa, tmp_
     profile = json.loads((output_dir / "oversmoothing_profile.json").read_text())
     assert profile["num_sequences"] == 8
 
-    if "custom_pipelines" not in config:  # until hf_centered.hub ships the pipeline with every QA export
-        add_to_folder(output_dir)
+    impl = "pipeline_question_answering.ExtractiveQuestionAnsweringPipeline"
+    assert config["custom_pipelines"]["question-answering"]["impl"] == impl
     rows = qa["validation_rows"]
     tokenizer = qa["tokenizer"]
     fits = [len(tokenizer(row["question"], row["context"])["input_ids"]) <= MAX_SEQ_LENGTH for row in rows]
