@@ -390,15 +390,16 @@ def validate_arguments(args: FinetuneArguments) -> None:
     if data_args.task not in TASKS:
         fail(f"unknown task {data_args.task!r}; choose among {', '.join(available_tasks())}")
     check_task_options(args)
-    builtin_task = task_of_dataset(data_args.dataset_name) if data_args.train_file is None else None
+    own_data = data_args.train_file is not None or args.task.names_own_data(args)
+    builtin_task = task_of_dataset(data_args.dataset_name) if not own_data else None
     if builtin_task not in (None, data_args.task):
         fail(
             f"the built-in dataset {data_args.dataset_name!r} is for --task {builtin_task}; the built-in datasets of "
             f"{data_args.task} are {', '.join(args.task.builtin_datasets) or 'none (give files or a Hub name)'}"
         )
-    if data_args.dataset_name is None and data_args.train_file is None:
+    if data_args.dataset_name is None and not own_data:
         fail("give a dataset (--dataset_name) or a training file (--train_file)")
-    if data_args.train_file is not None:
+    if own_data:
         data_args.dataset_name = None  # files replace the (possibly default) dataset
     for path in (data_args.train_file, data_args.validation_file):
         if path is not None and not Path(path).is_file():

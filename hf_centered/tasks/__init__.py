@@ -5,13 +5,21 @@ from __future__ import annotations
 from .base import Task, TaskData, UsageError, fail
 from .fill_mask import FillMask
 from .image_classification import ImageClassification
+from .image_segmentation import ImageSegmentation
 from .question_answering import QuestionAnswering
 from .text_classification import TextClassification
 from .token_classification import TokenClassification
 
 TASKS: dict[str, Task] = {
     task.name: task
-    for task in (TextClassification(), ImageClassification(), FillMask(), QuestionAnswering(), TokenClassification())
+    for task in (
+        TextClassification(),
+        ImageClassification(),
+        ImageSegmentation(),
+        TokenClassification(),
+        FillMask(),
+        QuestionAnswering(),
+    )
 }
 DEFAULT_TASK = "text-classification"
 
