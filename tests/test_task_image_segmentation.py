@@ -12,6 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset, Features
+from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import (
     AutoImageProcessor,
@@ -276,6 +278,37 @@ def test_image_and_mask_folders(assets, tmp_path):
     train = {row["labels"].numpy().tobytes() for row in split.train}
     evaluation = {row["labels"].numpy().tobytes() for row in split.evaluation}
     assert len(train) == len(evaluation) == 3 and not train & evaluation
+
+
+def test_parquet_files_with_image_and_mask_columns(assets, tmp_path):
+    """The path of files and Hub datasets: image and mask columns (here the image and annotation columns of a
+    parquet file, as datasets writes images), checked row by row."""
+    pairs = sorted((assets.train / "images").iterdir())
+    rows = {
+        "image": [Image.open(path) for path in pairs],
+        "annotation": [Image.open(assets.train / "masks" / path.name) for path in pairs],
+    }
+    features = Features(image=ImageFeature(), annotation=ImageFeature())
+    Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "pairs.parquet")
+    argv = [
+        "--task", "image-segmentation",
+        "--train_file", str(tmp_path / "pairs.parquet"),
+        "--label_column", "annotation",
+        "--validation_split_fraction", "0.5",
+        "--architecture", json.dumps(TINY_SEGMENTATION_VIT),
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    data, _ = loaded_data(argv)
+    assert data.label_names == [f"LABEL_{i}" for i in MASK_IDS] and data.dataset_label == "pairs"
+    assert (len(data.train), len(data.evaluation)) == (3, 3)
+    expected = {resize_mask(np.array(mask), (12, 12)).numpy().tobytes() for mask in rows["annotation"]}
+    found = {row["labels"].numpy().tobytes() for split in (data.train, data.evaluation) for row in split}
+    assert found == expected
+
+    rows["annotation"][2] = rows["annotation"][2].crop((0, 0, IMAGE_WIDTH, IMAGE_HEIGHT - 1))
+    Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(SystemExit, match=r"the mask of (train|validation) row \d is 11×8 pixels but the image of"):
+        loaded_data(argv)
 
 
 def test_metrics_equal_a_confusion_matrix_computation():

@@ -168,10 +168,11 @@ def digit_mosaics(
 
     The canvas is a grid of cells (`mosaic_grid`); each digit goes to a cell of its own, drawn at random, at a random
     offset inside it when the cell is larger than the digit (pixels beyond the last cell stay background). Placing
-    digits anywhere instead made the task too hard for a small ViT trained in minutes: a ViT learns translation
-    invariance from data only, and on 24×24 mosaics (patch 4, 1,600 images) it stayed at the all-background mean IoU
-    after 500 steps where the grid reached 0.24. The label map is `digit + 1` where the digit's grey level is at
-    least `INK_THRESHOLD`, 0 elsewhere. Deterministic given `seed`.
+    digits anywhere instead made the task too hard for a small ViT trained in minutes, as a ViT learns translation
+    invariance from data only: on 24×24 mosaics of 4 digits (1,600 training images, 4 layers of width 64) free
+    placement reached a mean IoU of 0.08-0.11 in 500-1,000 steps (patch 4 and 2; all background scores 0.08), the
+    grid 0.24 in 750 steps (patch 4). The label map is `digit + 1` where the digit's grey level is at least
+    `INK_THRESHOLD`, 0 elsewhere. Deterministic given `seed`.
     """
     cells_per_side, cell_size = mosaic_grid(canvas_size)
     if digits_per_image > cells_per_side**2:
@@ -462,6 +463,8 @@ class ImageSegmentation(Task):
             folder = getattr(options, option)
             if folder is None:
                 continue
+            if not Path(folder).is_dir():
+                fail(f"--{option} {folder} does not exist or is not a folder")
             for subfolder in ("images", "masks"):
                 if not (Path(folder) / subfolder).is_dir():
                     fail(f"--{option} {folder} has no {subfolder}/ folder; it must hold images/ and masks/")
