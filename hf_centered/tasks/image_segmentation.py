@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -484,10 +484,9 @@ class ImageSegmentation(Task):
                 f"one digit each, so at most {cells_per_side**2}; use a larger mosaic_size or fewer digits"
             )
 
-    @staticmethod
-    def data_source(args: FinetuneArguments) -> str:
+    def data_source(self, args: FinetuneArguments) -> str:
         """Which kind of data the run reads, as `OPTION_SOURCES` names them."""
-        if args.task_options[ImageSegmentation.name].train_dir is not None:
+        if self.options(args).train_dir is not None:
             return FOLDER_SOURCE
         if args.data.train_file is None and args.data.dataset_name == DIGIT_MOSAICS:
             return BUILTIN_SOURCE
@@ -561,4 +560,4 @@ class ImageSegmentation(Task):
         if self.data_source(args) != BUILTIN_SOURCE:
             return {}
         options = self.options(args)
-        return {field.name: getattr(options, field.name) for field in fields(options) if field.name in MOSAIC_OPTIONS}
+        return {name: getattr(options, name) for name in MOSAIC_OPTIONS}
