@@ -442,9 +442,10 @@ def check_task_options(args: FinetuneArguments) -> None:
     for name, options in args.task_options.items():
         if name == args.data.task:
             continue
-        for option in dataclasses.fields(options):
-            if getattr(options, option.name) != dataclasses.asdict(type(options)())[option.name]:
-                fail(f"--{option.name} is an option of --task {name}, not of --task {args.data.task}")
+        defaults = dataclasses.asdict(type(options)())
+        for option, value in dataclasses.asdict(options).items():
+            if value != defaults[option]:
+                fail(f"--{option} is an option of --task {name}, not of --task {args.data.task}")
 
 
 def resume_target(training_args: TrainingArguments) -> str | None:

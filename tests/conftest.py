@@ -57,6 +57,19 @@ STRONG = dict(
 )
 
 
+def save_tiny_pretrained_bert(folder: Path, tokenizer, **config_fields) -> Path:
+    """A seeded tiny stock `BertModel` (a 2-layer, 4-head default size; `config_fields` override it) saved to `folder`
+    with `tokenizer`, its vocabulary size taken from the tokenizer: the "pretrained checkpoint" of fine-tuning tests."""
+    from transformers import BertConfig, BertModel
+
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    sizes.update(max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer.get_vocab()), **{**sizes, **config_fields})).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def bert_config(**overrides) -> CenteredBertConfig:
     return CenteredBertConfig(**{**BERT_SIZES, **NO_DROPOUT, **STRONG, "num_labels": 3, **overrides})
 

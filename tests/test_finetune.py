@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import TINY_DIGITS_VIT
+from conftest import NO_DROPOUT, TINY_DIGITS_VIT, save_tiny_pretrained_bert
 from datasets import Dataset, DatasetDict
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
-from transformers import BertConfig, BertModel, BertTokenizer, Trainer, TrainerCallback
+from transformers import BertModel, BertTokenizer, Trainer, TrainerCallback
 
 from hf_centered import CenteredBertForSequenceClassification, finetuning
 from hf_centered.data import rotten_tomatoes
@@ -54,19 +54,8 @@ def assets(tmp_path_factory) -> SimpleNamespace:
     """A tiny pretrained BERT with its tokenizer, and small csv files with class names as labels."""
     root = tmp_path_factory.mktemp("finetune_assets")
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,  # dropout draws differ between processes; the DDP comparison needs none
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(root / "tiny_bert")
-    BertTokenizer(vocab=vocab).save_pretrained(root / "tiny_bert")
+    # no dropout: its draws differ between processes, and the DDP comparison needs none
+    save_tiny_pretrained_bert(root / "tiny_bert", BertTokenizer(vocab=vocab), **NO_DROPOUT)
     generator = torch.Generator().manual_seed(0)
     for name, rows in (("train.csv", 40), ("validation.csv", 12)):
         with open(root / name, "w", newline="") as handle:

@@ -10,13 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import save_tiny_pretrained_bert
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
-    BertConfig,
-    BertModel,
     BertTokenizer,
     ByT5Tokenizer,
     PerceiverTokenizer,
@@ -49,10 +48,9 @@ def assets(tmp_path_factory) -> SimpleNamespace:
     some words into several tokens, and small text data as .txt and .csv files."""
     root = tmp_path_factory.mktemp("fill_mask_assets")
     vocab = {token: i for i, token in enumerate(VOCAB)}
-    config = BertConfig(vocab_size=len(vocab), **{**TINY_ARCHITECTURE, "max_position_embeddings": 48})
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(root / "tiny_bert")
-    BertTokenizer(vocab=vocab).save_pretrained(root / "tiny_bert")
+    save_tiny_pretrained_bert(
+        root / "tiny_bert", BertTokenizer(vocab=vocab), **{**TINY_ARCHITECTURE, "max_position_embeddings": 48}
+    )
     generator = torch.Generator().manual_seed(0)
     words = WORDS + MULTI_PIECE_WORDS
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_pretrained_bert
 from datasets import Dataset
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
-from transformers import BertConfig, BertModel, BertTokenizer, EvalPrediction, pipeline
+from transformers import BertTokenizer, EvalPrediction, pipeline
 
 from hf_centered import CenteredBertForQuestionAnswering
 from hf_centered.data import bbc_news
@@ -130,17 +131,7 @@ def qa(tmp_path_factory):
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {token: i for i, token in enumerate(specials + words_of(texts))}
     tokenizer = BertTokenizer(vocab=vocab, model_max_length=64)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(root / "tiny_bert")
-    tokenizer.save_pretrained(root / "tiny_bert")
+    save_tiny_pretrained_bert(root / "tiny_bert", tokenizer, hidden_size=24)
     (root / "train.json").write_text(json.dumps(nested_squad(train)))
     return {
         "root": root,

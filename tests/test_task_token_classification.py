@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import save_tiny_pretrained_bert
 from datasets import ClassLabel, Dataset, Features, List, Value
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 from transformers import (
     AutoModelForTokenClassification,
     AutoTokenizer,
-    BertConfig,
-    BertModel,
     BertTokenizer,
     ByT5Tokenizer,
     EvalPrediction,
@@ -78,17 +77,7 @@ def assets(tmp_path_factory) -> SimpleNamespace:
     """A tiny pretrained BERT whose vocabulary splits Johnson and Yorkshire in two, and CoNLL train/validation files."""
     root = tmp_path_factory.mktemp("token_assets")
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(root / "tiny_bert")
-    BertTokenizer(vocab=vocab).save_pretrained(root / "tiny_bert")
+    save_tiny_pretrained_bert(root / "tiny_bert", BertTokenizer(vocab=vocab))
     return SimpleNamespace(
         root=root,
         model=root / "tiny_bert",

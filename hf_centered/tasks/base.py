@@ -8,7 +8,6 @@ bad input with `fail`, one line and exit code 2, before any training.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,10 +126,6 @@ class Task:
         return args.task_options[self.name]
 
 
-def field_names(dataclass_type: type | None) -> list[str]:
-    return [item.name for item in dataclasses.fields(dataclass_type)] if dataclass_type is not None else []
-
-
 def split_indices(labels: list[int], fraction: float, seed: int, groups: list[str] | None = None):
     """Seeded (train, evaluation) index arrays: stratified by label, or keeping each group on one side."""
     from sklearn.model_selection import GroupShuffleSplit, train_test_split
@@ -222,6 +217,14 @@ def require_examples(raw: DatasetDict) -> None:
     for split, dataset in raw.items():
         if len(dataset) == 0:
             fail(f"the {split} data hold no examples")
+
+
+def check_texts(raw: DatasetDict, column: str) -> None:
+    """Refuses empty or missing texts in `column`, naming the split and the first rows."""
+    for split, dataset in raw.items():
+        empty = [i for i, text in enumerate(dataset[column]) if text is None or not str(text).strip()]
+        if empty:
+            fail(f"{len(empty)} empty text(s) in the {split} data (rows {empty[:5]}); remove or fill them")
 
 
 def normalise_labels(raw: DatasetDict, column: str = "label") -> tuple[DatasetDict, list[str] | None]:

@@ -52,6 +52,7 @@ from .base import (
     TEXT,
     Task,
     TaskData,
+    check_texts,
     dataset_dict,
     fail,
     load_data_files,
@@ -60,7 +61,6 @@ from .base import (
     split_indices,
     subsample_splits,
 )
-from .text_classification import check_texts
 
 if TYPE_CHECKING:
     from ..finetuning import FinetuneArguments

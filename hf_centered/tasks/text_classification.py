@@ -20,9 +20,9 @@ from .base import (
     TEXT,
     Task,
     TaskData,
+    check_texts,
     class_names_for,
     dataset_dict,
-    fail,
     load_data_files,
     normalise_labels,
     require_columns,
@@ -93,10 +93,3 @@ def builtin_dataset(name: str, validation_fraction: float, seed: int) -> tuple[D
         texts, labels, label_names = offline_data.bbc_news()
         train_idx, eval_idx = split_indices(labels, validation_fraction, seed)
     return dataset_dict({"text": texts, "label": labels}, train_idx, eval_idx), label_names
-
-
-def check_texts(raw: DatasetDict, column: str) -> None:
-    for split, dataset in raw.items():
-        empty = [i for i, text in enumerate(dataset[column]) if text is None or not str(text).strip()]
-        if empty:
-            fail(f"{len(empty)} empty text(s) in the {split} data (rows {empty[:5]}); remove or fill them")
