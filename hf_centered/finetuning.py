@@ -98,7 +98,14 @@ ARCHITECTURE_RESERVED_FIELDS = {
 CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError)
 DEFAULT_LORA_TARGETS = {TEXT: ["query", "value"], IMAGE: ["q_proj", "v_proj"]}
 # How the printed results name a metric (the card keeps the Hub's metric ids).
-METRIC_TITLES = {"f1_macro": "macro-F1", "exact_match": "exact match", "mean_iou": "mean IoU"}
+METRIC_TITLES = {
+    "f1_macro": "macro-F1",
+    "exact_match": "exact match",
+    "mean_iou": "mean IoU",
+    "mean_accuracy": "mean class accuracy",
+    "overall_accuracy": "pixel accuracy",
+}
+SHARED_COLUMN_OPTIONS = ("text_column", "label_column")  # read by some tasks only: `Task.column_options`
 
 # `python finetune.py` without --config runs this; configs/default.yaml holds exactly the same mapping.
 EMBEDDED_DEFAULT: dict[str, Any] = {
@@ -438,7 +445,14 @@ def validate_arguments(args: FinetuneArguments) -> None:
 
 
 def check_task_options(args: FinetuneArguments) -> None:
-    """Refuses an option of another task than the one run: it would be silently ignored."""
+    """Refuses an option of another task than the one run, or a column option the task does not read: either would
+    be silently ignored."""
+    task = args.task
+    data_defaults = DataArguments()
+    for option in SHARED_COLUMN_OPTIONS:
+        if option not in task.column_options and getattr(args.data, option) != getattr(data_defaults, option):
+            read = ", ".join(f"--{name}" for name in task.column_options) or "neither"
+            fail(f"--{option} is not read by --task {task.name} (of the shared column options it reads {read})")
     for name, options in args.task_options.items():
         if name == args.data.task:
             continue
@@ -763,9 +777,10 @@ def training_hyperparameters(args: FinetuneArguments, data: TaskData) -> dict[st
         "lr_scheduler_type": getattr(training.lr_scheduler_type, "value", training.lr_scheduler_type),
         "optimizer": getattr(training.optim, "value", training.optim),
         "seed": training.seed,
-        "train_samples": len(data.train),
-        "eval_samples": len(data.evaluation),
     }
+    hyperparameters.update(train_samples=data.examples[0], eval_samples=data.examples[1])
+    if data.example_counts is not None:
+        hyperparameters.update(train_features=len(data.train), eval_features=len(data.evaluation))
     hyperparameters.update(args.task.card_hyperparameters(args))
     if args.peft.use_lora:
         hyperparameters.update(lora_r=args.peft.lora_r, lora_alpha=args.peft.lora_alpha)
@@ -1035,7 +1050,7 @@ def finetune(
     if not args.output.keep_checkpoints:
         remove_run_checkpoints(Path(training_args.output_dir), run_id)
     scores = ", ".join(f"{metric_title(name)} {value:.4f}" for name, value in quality_metrics(task, metrics).items())
-    print(f"eval {scores} ({len(data.evaluation)} examples); saved to {exported or model_dir}")
+    print(f"eval {scores} ({data.examples[1]} examples); saved to {exported or model_dir}")
     if training_args.push_to_hub:
         repo_id = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
         with reported_after_training("the upload to the Hub", model_dir):

@@ -507,9 +507,21 @@ def test_run_exports_a_model_whose_pipeline_gives_the_evaluated_answers(qa, tmp_
     assert all(answer["answer"] == contexts[0][answer["start"] : answer["end"]] for answer in best)
 
 
-def test_lora_trains_the_head_and_merges(qa, tmp_path):
+def test_lora_trains_the_head_and_merges(qa, tmp_path, capsys):
     output_dir = tmp_path / "lora"
-    main(qa_argv(qa, output_dir, "--use_lora", "--merge_lora", "--correction", "dgn"))
+    # evaluated on the training questions, whose contexts span several windows each
+    main(
+        qa_argv(
+            qa, output_dir, "--use_lora", "--merge_lora", "--correction", "dgn", "--validation_file", str(qa["train"])
+        )
+    )
+    questions = len(qa["train_rows"])
+    features = len(tokenize_examples(as_batch(qa["train_rows"]), qa["tokenizer"], MAX_SEQ_LENGTH, 12)["input_ids"])
+    assert features > questions
+    assert f"({questions} examples); saved to" in capsys.readouterr().out  # questions, not their windows
+    card = (output_dir / "README.md").read_text()
+    for split in ("train", "eval"):
+        assert f"| {split}_samples | {questions} |" in card and f"| {split}_features | {features} |" in card
     adapter_config = json.loads((output_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["task_type"] == "QUESTION_ANS"
     assert {"qa_outputs", "dgn"} <= set(adapter_config["modules_to_save"])

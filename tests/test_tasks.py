@@ -79,9 +79,48 @@ def test_an_option_of_another_task_is_refused(owner, option, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+UNREAD_COLUMN_OPTIONS = [
+    (name, option)
+    for name, task in TASKS.items()
+    for option in finetuning.SHARED_COLUMN_OPTIONS
+    if option not in task.column_options
+]
+
+
+@pytest.mark.parametrize(("name", "option"), UNREAD_COLUMN_OPTIONS)
+def test_a_column_option_the_task_does_not_read_is_refused(name, option, tmp_path, capsys):
+    argv = ["--task", name, "--dataset_name", "anything", "--output_dir", str(tmp_path / "out"), f"--{option}", "x"]
+    with pytest.raises(UsageError):
+        main(argv)
+    err = capsys.readouterr().err
+    assert f"--{option} is not read by --task {name}" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_every_task_is_a_choice_of_the_command_line(name, capsys):
     with pytest.raises(SystemExit):
         finetuning.parse_arguments(["--help"])
     # argparse wraps the help text, breaking lines after hyphens
     assert name in re.sub(r"-\s+", "-", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("validation_format", ["csv", "jsonl", "parquet"])
+def test_training_and_validation_files_may_differ_in_format(validation_format, tmp_path):
+    import pandas as pd
+
+    from hf_centered.tasks.base import load_data_files
+
+    train = pd.DataFrame({"text": ["a good film", "a dull film", "fine"], "label": [1, 0, 1]})
+    validation = pd.DataFrame({"text": ["great", "awful"], "label": [1, 0]})
+    train.to_csv(tmp_path / "train.csv", index=False)
+    path = tmp_path / f"validation.{validation_format}"
+    {
+        "csv": lambda: validation.to_csv(path, index=False),
+        "jsonl": lambda: validation.to_json(path, orient="records", lines=True),
+        "parquet": lambda: validation.to_parquet(path),
+    }[validation_format]()
+    data_args = finetuning.DataArguments(train_file=str(tmp_path / "train.csv"), validation_file=str(path))
+    raw = load_data_files(data_args, seed=0)
+    assert raw["train"].to_dict() == train.to_dict(orient="list")
+    assert raw["validation"].to_dict() == validation.to_dict(orient="list")

@@ -58,6 +58,14 @@ class TaskData:
     """Whatever the task's metrics need besides predictions and labels (e.g. the QA examples and their features)."""
     profile_inputs: Dataset | None = None
     """Rows for the card's over-smoothing profile (model inputs only); default: `evaluation`."""
+    example_counts: tuple[int, int] | None = None
+    """(training, evaluation) examples where a dataset row is not one example (QA cuts a question's context into
+    several windows, its features); default: the rows of `train` and `evaluation`."""
+
+    @property
+    def examples(self) -> tuple[int, int]:
+        """(training, evaluation) examples."""
+        return self.example_counts or (len(self.train), len(self.evaluation))
 
 
 class Task:
@@ -71,6 +79,9 @@ class Task:
     """The head this task trains."""
     builtin_datasets: ClassVar[tuple[str, ...]] = ()
     """Offline datasets this task knows by name (`--dataset_name`); each name belongs to one task."""
+    column_options: ClassVar[tuple[str, ...]] = ()
+    """The runner's column options (`--text_column`, `--label_column`) this task's data reading honours; another
+    one given is refused, since the task would silently ignore it."""
     arguments: ClassVar[type | None] = None
     """A dataclass of the options only this task reads; its fields are command-line options of their own."""
     metric_names: ClassVar[tuple[str, ...]]
@@ -160,10 +171,12 @@ def load_data_files(
         data_files = {"train": data_args.train_file}
         if data_args.validation_file is not None:
             data_files["validation"] = data_args.validation_file
-        extension = Path(data_args.train_file).suffix.lstrip(".").lower()
-        builder = DATA_FILE_BUILDERS.get(extension)
-        if builder is None:
-            fail(f"unsupported data file type .{extension}; use .csv, .json, .jsonl or .parquet")
+        builders = {}
+        for path in data_files.values():
+            extension = Path(path).suffix.lstrip(".").lower()
+            if extension not in DATA_FILE_BUILDERS:
+                fail(f"unsupported data file type .{extension} ({path}); use .csv, .json, .jsonl or .parquet")
+            builders[path] = DATA_FILE_BUILDERS[extension]
         splits = {}
         for split, path in data_files.items():  # one at a time, so that an error names its file and columns
             own_format = read_file(path) if read_file is not None else None
@@ -171,7 +184,7 @@ def load_data_files(
                 splits[split] = own_format
                 continue
             try:
-                splits[split] = load_dataset(builder, data_files={split: path}, split=split)
+                splits[split] = load_dataset(builders[path], data_files={split: path}, split=split)
             except Exception as error:  # the loaders raise many types for unreadable files
                 cause: BaseException | None = error
                 while cause is not None and not isinstance(cause, UnicodeDecodeError):

@@ -133,6 +133,7 @@ class FillMask(Task):
     modality = TEXT
     model_class = CenteredBertForMaskedLM
     builtin_datasets = ("text_corpus",)
+    column_options = ("text_column",)
     arguments = FillMaskArguments
     metric_names = ("accuracy", "perplexity")
     # PEFT has no masked-LM task type; the decoder is the tied embedding matrix and stays out (module docstring).

@@ -443,6 +443,7 @@ class ImageSegmentation(Task):
     modality = IMAGE
     model_class = CenteredViTForSemanticSegmentation
     builtin_datasets = (DIGIT_MOSAICS,)
+    column_options = ("label_column",)
     arguments = ImageSegmentationArguments
     metric_names = METRIC_NAMES
     head_modules = ("decode_head",)

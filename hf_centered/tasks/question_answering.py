@@ -166,6 +166,7 @@ class QuestionAnswering(Task):
             evaluation=evaluation,
             dataset_label=dataset_label,
             metric_inputs=links,
+            example_counts=(len(train_examples), len(eval_examples)),
             profile_inputs=evaluation.select_columns(
                 [name for name in MODEL_INPUTS if name in evaluation.column_names]
             ),

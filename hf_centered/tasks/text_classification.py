@@ -40,6 +40,7 @@ class TextClassification(Task):
     modality = TEXT
     model_class = CenteredBertForSequenceClassification
     builtin_datasets = ("rotten_tomatoes", "bbc_news")
+    column_options = ("text_column", "label_column")
     metric_names = ("accuracy", "f1_macro")
     peft_task_type = "SEQ_CLS"
 
