@@ -451,8 +451,9 @@ def check_task_options(args: FinetuneArguments) -> None:
     data_defaults = DataArguments()
     for option in SHARED_COLUMN_OPTIONS:
         if option not in task.column_options and getattr(args.data, option) != getattr(data_defaults, option):
-            read = ", ".join(f"--{name}" for name in task.column_options) or "neither"
-            fail(f"--{option} is not read by --task {task.name} (of the shared column options it reads {read})")
+            read = " and ".join(f"--{name}" for name in task.column_options)
+            reads = f"it reads only {read}" if read else "it names its columns with options of its own, if any"
+            fail(f"--{option} is not read by --task {task.name}: {reads}")
     for name, options in args.task_options.items():
         if name == args.data.task:
             continue

@@ -569,6 +569,7 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         argv = [arg for arg in argv if arg not in ("--train_file", str(assets.train))]
         argv += ["--dataset_name", "digits", "--task", "text-classification"]
     elif case == "task_of_another_modality":
+        argv = [arg for arg in argv if arg not in ("--text_column", "sentence", "--label_column", "sentiment")]
         argv += ["--task", "image-classification"]
     elif case == "unknown_dataset":
         argv = [arg for arg in argv if arg not in ("--train_file", str(assets.train))]
