@@ -1,8 +1,10 @@
-"""experiments/run_all.py: the quick plan's code paths on a tiny slice, resuming, and the report's statistics.
+"""experiments/: the quick plan's code paths on a tiny slice, resuming, the registry of experiments, and the report's
+statistics.
 
 No accuracy is asserted: these runs train for a step or two. What is checked is that every unit runs through
-finetune.py, that its results land in the cache, that a second invocation reruns nothing, and that the report has a
-row for every registered method.
+finetune.py, that its results land in the cache, that a second invocation reruns nothing, that the report has a
+row for every registered method and a section for every registered experiment, and that an experiment joins the plan
+and the report through its registry entry alone.
 """
 
 from __future__ import annotations
@@ -18,23 +20,47 @@ from pathlib import Path
 import pytest
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS_DIR))  # a module by name, so that spawned workers can import it too
+sys.path.insert(0, str(EXPERIMENTS_DIR))  # modules by name, as run_all.py finds them, so spawned workers can too
 
+import learned_strengths  # noqa: E402
+import minilm  # noqa: E402
 import run_all  # noqa: E402
+import vit_digits  # noqa: E402
+from runner.cache import ResultCache  # noqa: E402
+from runner.plan import Experiment, Plan, all_units  # noqa: E402
+from runner.report import HEADLINE_BEGIN, HEADLINE_END, REPORT_BEGIN, REPORT_END, write_report  # noqa: E402
+from runner.scheduling import run_units  # noqa: E402
+from runner.statistics import Results, Summary, difference  # noqa: E402
+from runner.units import PROFILE_METRICS, Unit  # noqa: E402
+from runner.variants import ALL_AT_ONCE, LEARNED, default_value, is_fusion, variants  # noqa: E402
+
+FINETUNING, DEPTH_SWEEP = minilm.FINETUNING.name, vit_digits.DEPTH_SWEEP.name
+STRENGTHS = learned_strengths.LEARNED_STRENGTHS.name
 
 
-def tiny_plan(root: Path) -> run_all.Plan:
+def tiny_plan(root: Path) -> Plan:
     """The quick plan, cut down to a step of training per unit."""
+    quick = run_all.quick_plan()
+    settings = quick.settings
     return replace(
-        run_all.quick_plan(),
+        quick,
         name="tiny",
-        text_options=("--max_train_samples", "16", "--max_eval_samples", "12", "--max_steps", "1"),
+        settings={
+            **settings,
+            FINETUNING: replace(
+                settings[FINETUNING],
+                options=("--max_train_samples", "16", "--max_eval_samples", "12", "--max_steps", "1"),
+            ),
+            DEPTH_SWEEP: replace(
+                settings[DEPTH_SWEEP],
+                depths=(1, 2),
+                epochs=1,
+                options=("--max_train_samples", "64", "--max_eval_samples", "24"),
+                sweep_depth=2,
+            ),
+            STRENGTHS: replace(settings[STRENGTHS], vit_depths=(2,)),
+        },
         profile_sequences=6,
-        vit_depths=(1, 2),
-        vit_epochs=1,
-        vit_options=("--max_train_samples", "64", "--max_eval_samples", "24"),
-        sweep_depth=2,
-        strength_vit_depths=(2,),
         results_path=root / "results.json",
         report_path=root / "RESULTS.md",
         images_dir=root / "images",
@@ -46,24 +72,23 @@ def test_quick_plan_code_paths_run_on_a_tiny_slice_and_resume(tmp_path, capsys):
     plan = tiny_plan(tmp_path)
     assert run_all.main([], plan=plan) == 0
     cache = json.loads(plan.results_path.read_text())
-    text, vit = run_all.all_units(plan)
-    assert set(cache["units"]) == {unit.key for unit in text + vit}
+    assert set(cache["units"]) == {unit.key for unit in all_units(plan)}
     for key, entry in cache["units"].items():
         result = entry["result"]
         depth = 6 if not key.startswith("vit/") else int(key.split("/")[1][1:])
-        for metric in run_all.PROFILE_METRICS:
+        for metric in PROFILE_METRICS:
             assert len(result["profile"][metric]) == depth + 1, key
             assert math.isfinite(result["head_input"][metric]), key
         assert result["profile_sequences"] == 6
         if not key.startswith("pretrained/"):
             assert 0.0 <= result["accuracy"] <= 1.0 and result["train_seconds"] > 0
-        assert ("strengths" in result) == (run_all.LEARNED in key), key
-        if run_all.LEARNED in key and key.startswith("text/"):  # per correction, a place per layer
-            variant = key.split("/")[1].removesuffix(run_all.LEARNED)
-            expected = run_all.strength_variants()[:-1] if variant == run_all.ALL_AT_ONCE else [variant]
+        assert ("strengths" in result) == (LEARNED in key), key
+        if LEARNED in key and key.startswith("text/"):  # per correction, a place per layer
+            variant = key.split("/")[1].removesuffix(LEARNED)
+            expected = learned_strengths.strength_variants()[:-1] if variant == ALL_AT_ONCE else [variant]
             assert list(result["strengths"]) == expected and "layer 5" in result["strengths"][expected[-1]], key
     # A fusion changes what the head reads, not the pretrained layers; without one the head reads the last layer.
-    before = {variant: cache["units"][f"pretrained/{variant}"]["result"] for variant in run_all.variants()}
+    before = {variant: cache["units"][f"pretrained/{variant}"]["result"] for variant in variants()}
     assert before["max"]["profile"] == before["none"]["profile"]
     assert before["max"]["head_input"]["cosine_similarity"] != before["none"]["head_input"]["cosine_similarity"]
     assert before["none"]["head_input"]["cosine_similarity"] == pytest.approx(
@@ -71,15 +96,15 @@ def test_quick_plan_code_paths_run_on_a_tiny_slice_and_resume(tmp_path, capsys):
     )
 
     report = plan.report_path.read_text()
-    for variant in run_all.variants():
+    for variant in variants():
         assert f"| {variant} |" in report
-    for variant in run_all.strength_variants():
+    for variant in learned_strengths.strength_variants():
         assert f"| {variant} | learned | 1 |" in report
     assert "not measured yet" not in report
     images = (
         "depth_sweep.png",
         "learned_strengths.png",
-        *(f"profile_{metric}.png" for metric in run_all.PROFILE_METRICS),
+        *(f"profile_{metric}.png" for metric in PROFILE_METRICS),
     )
     for image in images:
         assert (plan.images_dir / image).stat().st_size > 0
@@ -91,16 +116,15 @@ def test_quick_plan_code_paths_run_on_a_tiny_slice_and_resume(tmp_path, capsys):
     assert json.loads(plan.results_path.read_text())["units"] == cache["units"]
 
 
-def test_hand_written_text_around_the_report_is_kept(tmp_path):
-    plan = tiny_plan(tmp_path)
-    units = run_all.all_units(plan)
-    cache = run_all.ResultCache(plan.results_path)
-    for unit in units[0] + units[1]:
+def cache_made_up_results(plan: Plan) -> None:
+    """A result for every unit of `plan`, the same numbers everywhere (what the report's layout needs)."""
+    cache = ResultCache(plan.results_path)
+    for unit in all_units(plan):
         depth = 6 if not unit.key.startswith("vit/") else int(unit.key.split("/")[1][1:])
         series = [0.5] * (depth + 1)
         result = {
-            "profile": {metric: series for metric in run_all.PROFILE_METRICS},
-            "head_input": {metric: 0.5 for metric in run_all.PROFILE_METRICS},
+            "profile": {metric: series for metric in PROFILE_METRICS},
+            "head_input": {metric: 0.5 for metric in PROFILE_METRICS},
             "profile_sequences": 6,
             "train_examples": 16,
             "eval_examples": 12,
@@ -108,23 +132,98 @@ def test_hand_written_text_around_the_report_is_kept(tmp_path):
             "f1_macro": 0.7,
             "train_seconds": 2.0,
         }
-        if run_all.LEARNED in unit.key:
+        if LEARNED in unit.key:
             result["strengths"] = {"centered": {"layer 0": [0.1, -0.1], "layer 1": [0.2, 0.0]}}
         cache.put(unit, result, 1.0)
-    plan.report_path.write_text(
-        f"# Results\n\nDiscussion.\n\n{run_all.REPORT_BEGIN}\nold\n{run_all.REPORT_END}\nTail.\n"
-    )
+
+
+def added_units(plan: Plan) -> list[Unit]:
+    """A unit of its own and one it shares with experiment 3."""
+    return [Unit("added/seed42", ("--seed", "42", *plan.settings["added"])), minilm.text_unit(plan, "none", 42)]
+
+
+def added_section(results: Results) -> list[str]:
+    return ["## Added experiment", "", f"accuracy {results['added/seed42']['accuracy']:.2f}, shared unit read.", ""]
+
+
+ADDED = Experiment(
+    name="added",
+    settings=lambda quick: ("--max_steps", "1" if quick else "9"),
+    units=added_units,
+    section=added_section,
+    setup=lambda results: ["- Added: its own setup."],
+    profiled=lambda results: "3 added inputs",
+    findings=lambda results: ["- Added: its finding."],
+    headline_image=("added plot", "added.png"),
+)
+
+
+def test_every_experiment_is_reported_in_registry_order_inside_kept_hand_written_text(tmp_path):
+    """The registered experiments and one more, appended to the plan's experiments with its settings and nothing
+    else: its unit is cached, and its setup, section, findings and headline image land in the report and README."""
+    tiny = tiny_plan(tmp_path)
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Project\n\n{run_all.HEADLINE_BEGIN}\n{run_all.HEADLINE_END}\n\n## Usage\n")
-    run_all.write_report(replace(plan, readme_path=readme))
+    plan = replace(
+        tiny,
+        experiments=(*tiny.experiments, ADDED),
+        settings={**tiny.settings, "added": ADDED.settings(False)},
+        readme_path=readme,
+    )
+    cache_made_up_results(plan)
+    assert ResultCache(plan.results_path).data["units"]["added/seed42"]["options"] == [
+        "--seed",
+        "42",
+        "--max_steps",
+        "9",
+    ]
+    plan.report_path.write_text(f"# Results\n\nDiscussion.\n\n{REPORT_BEGIN}\nold\n{REPORT_END}\nTail.\n")
+    readme.write_text(f"# Project\n\n{HEADLINE_BEGIN}\n{HEADLINE_END}\n\n## Usage\n")
+    write_report(plan)
     report = plan.report_path.read_text()
     assert report.startswith("# Results\n\nDiscussion.\n\n")
-    assert report.endswith(f"{run_all.REPORT_END}\nTail.\n")
+    assert report.endswith(f"{REPORT_END}\nTail.\n")
     assert "old" not in report and "| none | 1 | 75.0 | 75.0 | 70.0 | — | 1.00 (1.00–1.00) |" in report
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Setup",
+        "## Experiment 1: over-smoothing profiles of the pretrained MiniLM, before and after fine-tuning",
+        "## Experiment 2: depth sweep, ViT from scratch on digits",
+        "## Experiment 3: fine-tuning MiniLM on Rotten Tomatoes",
+        "## Experiment 4: pretrained-safe corrections (learned strengths)",
+        "## Added experiment",
+        "## Findings (computed from the tables above)",
+    ]
+    assert "accuracy 0.75, shared unit read." in report
+    assert "- Images (experiment 2)" in report and "- Added: its own setup.\n- Profiles: the first 6 held-out" in report
+    assert "(text), 6 test images or 3 added inputs, every real token" in report
+    findings = report.split("## Findings")[1].split(REPORT_END)[0].strip().splitlines()
+    assert (
+        findings.index("- Added: its finding.") == findings.index(next(f for f in findings if "fixed against" in f)) + 1
+    )
+    assert findings[-1].startswith("- Fine-tuning raises")  # the profiles' observation comes last (findings_order)
     headline = readme.read_text()
-    assert headline.startswith("# Project\n\n") and headline.endswith(f"{run_all.HEADLINE_END}\n\n## Usage\n")
-    assert "(images/depth_sweep.png)" in headline and "[RESULTS.md](RESULTS.md)" in headline
-    assert "- Depth 2: best `none` at 75.0 %" in headline
+    assert headline.startswith("# Project\n\n") and headline.endswith(f"{HEADLINE_END}\n\n## Usage\n")
+    assert "(images/depth_sweep.png)\n\n![added plot](images/added.png)" in headline
+    assert "[RESULTS.md](RESULTS.md)" in headline and "- Depth 2: best `none` at 75.0 %" in headline
+    assert "- Added: its finding." in headline
+
+
+def test_the_registry_is_the_one_list_of_experiments():
+    """Both plans run the registered experiments, each with its own full or quick settings; units shared by
+    experiments are one unit, and two experiments defining a key differently are refused."""
+    full, quick = run_all.full_plan(), run_all.quick_plan()
+    assert full.experiments == quick.experiments == run_all.EXPERIMENTS
+    assert [experiment.name for experiment in run_all.EXPERIMENTS] == ["profiles", DEPTH_SWEEP, FINETUNING, STRENGTHS]
+    for experiment in run_all.EXPERIMENTS:
+        assert full.settings[experiment.name] == experiment.settings(False)
+        assert quick.settings[experiment.name] == experiment.settings(True)
+    assert set(full.settings) == set(quick.settings) == {experiment.name for experiment in run_all.EXPERIMENTS}
+    keys = [unit.key for unit in all_units(full)]
+    assert len(keys) == len(set(keys)) == len({u.key for e in full.experiments for u in e.units(full)})
+    clash = replace(ADDED, units=lambda plan: [replace(minilm.text_unit(plan, "none", 42), options=("--seed", "1"))])
+    plan = replace(full, experiments=(*full.experiments, clash), settings={**full.settings, "added": ()})
+    with pytest.raises(ValueError, match="experiment added defines unit text/none/seed42 unlike an earlier"):
+        all_units(plan)
 
 
 def test_committed_report_and_readme_headline_are_generated_from_the_committed_results(tmp_path):
@@ -140,36 +239,40 @@ def test_committed_report_and_readme_headline_are_generated_from_the_committed_r
         images_dir=docs / "images" / "results",
         readme_path=tmp_path / "README.md",
     )
-    run_all.write_report(regenerated)
+    write_report(regenerated)
     assert (docs / "RESULTS.md").read_text() == plan.report_path.read_text()
     assert (tmp_path / "README.md").read_text() == plan.readme_path.read_text()
-    assert run_all.REPORT_BEGIN in plan.report_path.read_text()
+    assert REPORT_BEGIN in plan.report_path.read_text()
 
 
 def test_report_names_the_missing_units(tmp_path):
     plan = tiny_plan(tmp_path)
     with pytest.raises(SystemExit, match=r"unit\(s\) of plan tiny have no cached result \(pretrained/none"):
-        run_all.write_report(plan)
+        write_report(plan)
 
 
 def test_a_changed_option_invalidates_only_that_unit(tmp_path):
     plan = tiny_plan(tmp_path)
-    cache = run_all.ResultCache(tmp_path / "cache.json")
-    text, _ = run_all.all_units(plan)
+    cache = ResultCache(tmp_path / "cache.json")
+    text = [unit for unit in all_units(plan) if unit.alone]
     for unit in text:
         cache.put(unit, {"accuracy": 0.5}, 1.0)
-    changed_text, _ = run_all.all_units(replace(plan, text_options=(*plan.text_options, "--learning_rate", "1e-4")))
-    reloaded = run_all.ResultCache(tmp_path / "cache.json")
+    finetuning = plan.settings[FINETUNING]
+    longer = replace(finetuning, options=(*finetuning.options, "--learning_rate", "1e-4"))
+    changed_text = [
+        unit for unit in all_units(replace(plan, settings={**plan.settings, FINETUNING: longer})) if unit.alone
+    ]
+    reloaded = ResultCache(tmp_path / "cache.json")
     assert all(reloaded.get(unit) is not None for unit in text)
     assert all(reloaded.get(unit) is None for unit in changed_text)
 
 
 def test_a_failing_unit_is_reported_by_key_and_the_others_are_kept(tmp_path):
     plan = tiny_plan(tmp_path)
-    cache = run_all.ResultCache(plan.results_path)
-    good = next(unit for unit in run_all.vit_units(plan) if unit.key == "vit/d1/none/seed42")
+    cache = ResultCache(plan.results_path)
+    good = next(unit for unit in vit_digits.depth_sweep_units(plan) if unit.key == "vit/d1/none/seed42")
     bad = replace(good, key="vit/d1/bad/seed42", options=(*good.options, "--correction", "no-such-method"))
-    failures = run_all.run_units([good, bad], 2, plan, cache, log=lambda line: None)
+    failures = run_units([good, bad], 2, plan, cache, log=lambda line: None)
     assert len(failures) == 1 and failures[0].startswith("vit/d1/bad/seed42: error: unknown correction")
     assert "vit__d1__bad__seed42.log" in failures[0]
     assert cache.get(good) is not None and cache.get(bad) is None
@@ -177,32 +280,33 @@ def test_a_failing_unit_is_reported_by_key_and_the_others_are_kept(tmp_path):
 
 def test_every_registered_method_is_in_every_experiment():
     plan = run_all.full_plan()
-    text, vit = run_all.all_units(plan)
-    keys = {unit.key for unit in text + vit}
-    for variant in run_all.variants():
+    keys = {unit.key for unit in all_units(plan)}
+    sweep, strengths = plan.settings[DEPTH_SWEEP], plan.settings[STRENGTHS]
+    for variant in variants():
         assert f"pretrained/{variant}" in keys and f"text/{variant}/seed42" in keys
-        if not run_all.is_fusion(variant):
+        if not is_fusion(variant):
             assert all(f"text/{variant}/seed{seed}" in keys for seed in plan.seeds)
-            assert all(f"vit/d{depth}/{variant}/seed42" in keys for depth in plan.vit_depths)
-    for variant in run_all.strength_variants():  # experiment 4: every correction, fixed and learned, every seed
-        for seed in plan.strength_seeds:
-            assert {f"text/{variant}/seed{seed}", f"text/{variant}{run_all.LEARNED}/seed{seed}"} <= keys
-    assert len(keys) == len(text) + len(vit)  # the sweep's default values reuse the depth grid's units
-    quick_text, quick_vit = run_all.all_units(run_all.quick_plan())
-    quick_variants = {unit.key.split("/")[1] for unit in quick_text}
-    strength_variants = set(run_all.strength_variants())
-    assert quick_variants == set(run_all.variants()) | strength_variants | {
-        v + run_all.LEARNED for v in strength_variants
-    }
-    assert any("@" in unit.key for unit in quick_vit)
+            assert all(f"vit/d{depth}/{variant}/seed42" in keys for depth in sweep.depths)
+    for variant in learned_strengths.strength_variants():  # experiment 4: every correction, fixed and learned
+        for seed in strengths.seeds:
+            assert {f"text/{variant}/seed{seed}", f"text/{variant}{LEARNED}/seed{seed}"} <= keys
+    # The sweep's default values are the depth grid's units: the experiment lists no unit of its own for them.
+    grid = len(sweep.depths) * len(plan.seeds) * len(sweep.variants)
+    off_default = sum(value != default_value(name) for name, values in sweep.sweep_values.items() for value in values)
+    assert len({unit.key for unit in vit_digits.depth_sweep_units(plan)}) == grid + off_default * len(plan.seeds)
+    quick_units = all_units(run_all.quick_plan())
+    quick_variants = {unit.key.split("/")[1] for unit in quick_units if unit.alone}
+    strength_variants = set(learned_strengths.strength_variants())
+    assert quick_variants == set(variants()) | strength_variants | {v + LEARNED for v in strength_variants}
+    assert any("@" in unit.key for unit in quick_units if not unit.alone)
 
 
 def test_difference_and_summary_follow_the_explicit_formulas():
     values, baseline = [0.80, 0.84, 0.83], [0.78, 0.79, 0.77]
-    summary, base = run_all.Summary(values), run_all.Summary(baseline)
+    summary, base = Summary(values), Summary(baseline)
     assert summary.format(2, 100.0) == f"{statistics.fmean(values) * 100:.2f} ± {statistics.stdev(values) * 100:.2f}"
     delta = (statistics.fmean(values) - statistics.fmean(baseline)) * 100
     error = math.sqrt(statistics.variance(values) / 3 + statistics.variance(baseline) / 3) * 100
-    assert run_all.difference(summary, base) == f"{delta:+.1f} ± {error:.1f} *"  # 4.3 points > 2 × 1.3
-    assert run_all.difference(run_all.Summary([0.8]), base) == f"{(0.8 - 0.78) * 100:+.1f}"
-    assert run_all.Summary([]).format() == "—"
+    assert difference(summary, base) == f"{delta:+.1f} ± {error:.1f} *"  # 4.3 points > 2 × 1.3
+    assert difference(Summary([0.8]), base) == f"{(0.8 - 0.78) * 100:+.1f}"
+    assert Summary([]).format() == "—"
