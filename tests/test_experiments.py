@@ -31,7 +31,7 @@ from runner.plan import Experiment, Plan, all_units  # noqa: E402
 from runner.report import HEADLINE_BEGIN, HEADLINE_END, REPORT_BEGIN, REPORT_END, write_report  # noqa: E402
 from runner.scheduling import run_units  # noqa: E402
 from runner.statistics import Results, Summary, difference  # noqa: E402
-from runner.units import PROFILE_METRICS, Unit  # noqa: E402
+from runner.units import PROFILE_METRICS, Unit, measure_profile  # noqa: E402
 from runner.variants import ALL_AT_ONCE, LEARNED, default_value, is_fusion, variants  # noqa: E402
 
 FINETUNING, DEPTH_SWEEP = minilm.FINETUNING.name, vit_digits.DEPTH_SWEEP.name
@@ -267,15 +267,24 @@ def test_a_changed_option_invalidates_only_that_unit(tmp_path):
     assert all(reloaded.get(unit) is None for unit in changed_text)
 
 
-def test_a_failing_unit_is_reported_by_key_and_the_others_are_kept(tmp_path):
+def measure_evaluation_rows(model, data, args, sequences: int) -> dict:
+    """A measure hook of a test's own (module-level, so that the spawned worker unpickles it by name)."""
+    return {**measure_profile(model, data, args, sequences), "evaluation_rows": len(data.evaluation)}
+
+
+def test_a_unit_runs_its_own_measure_and_a_failing_unit_is_reported_by_key(tmp_path):
     plan = tiny_plan(tmp_path)
     cache = ResultCache(plan.results_path)
-    good = next(unit for unit in vit_digits.depth_sweep_units(plan) if unit.key == "vit/d1/none/seed42")
+    grid_unit = next(unit for unit in vit_digits.depth_sweep_units(plan) if unit.key == "vit/d1/none/seed42")
+    good = replace(grid_unit, measure=measure_evaluation_rows)
     bad = replace(good, key="vit/d1/bad/seed42", options=(*good.options, "--correction", "no-such-method"))
     failures = run_units([good, bad], 2, plan, cache, log=lambda line: None)
     assert len(failures) == 1 and failures[0].startswith("vit/d1/bad/seed42: error: unknown correction")
     assert "vit__d1__bad__seed42.log" in failures[0]
-    assert cache.get(good) is not None and cache.get(bad) is None
+    assert cache.get(bad) is None
+    result = cache.get(good)["result"]
+    assert result["evaluation_rows"] == 24 and len(result["profile"]["cosine_similarity"]) == 2  # --max_eval_samples
+    assert {"accuracy", "f1_macro"} <= set(result)  # image classification's metric_names
 
 
 def test_every_registered_method_is_in_every_experiment():
