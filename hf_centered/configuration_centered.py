@@ -249,6 +249,13 @@ class CenteredBertConfig(CorrectionConfigMixin, BertConfig):
 
     A plain BERT `config.json` (`model_type: "bert"`) loads into this class and becomes `centered_bert`.
 
+    Args:
+        sparse_prediction (`bool`, defaults to `False`):
+            Given labels, [`CenteredBertForMaskedLM`] scores only the positions whose label is not -100 and returns
+            their logits, `(labelled positions, vocab_size)`, as ModernBERT's option of the same name: the loss is
+            the same, and the vocabulary projection, which dominates the cost of small models, runs on the masked
+            ~15 % of the tokens. Without labels (inference, pipelines) the logits cover every position.
+
     Example:
 
     ```python
@@ -259,6 +266,8 @@ class CenteredBertConfig(CorrectionConfigMixin, BertConfig):
 
     model_type = "centered_bert"
     stock_model_type = "bert"
+
+    sparse_prediction: bool = False
 
 
 @strict

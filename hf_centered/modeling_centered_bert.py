@@ -6,8 +6,6 @@ new. The seams: the self-attention (per-head corrections on the backend's output
 the encoder loop (padding mask, fusion).
 """
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 from transformers import (
@@ -22,7 +20,7 @@ from transformers import (
     BertPreTrainedModel,
 )
 from transformers.cache_utils import Cache, EncoderDecoderCache
-from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions, MaskedLMOutput
 from transformers.models.bert.modeling_bert import (
     BertAttention,
     BertEncoder,
@@ -31,6 +29,9 @@ from transformers.models.bert.modeling_bert import (
     BertSelfOutput,
     eager_attention_forward,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_centered import CenteredBertConfig
 from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
@@ -46,6 +47,8 @@ from .modeling_common import (
     provides_first_values,
     run_layers,
 )
+
+IGNORED_LABEL = -100  # the label of the positions a loss skips (CrossEntropyLoss's ignore_index)
 
 
 class CenteredBertSelfAttention(BertSelfAttention):
@@ -208,7 +211,7 @@ class CenteredBertPreTrainedModel(CenteredPreTrainedMixin, BertPreTrainedModel):
     _no_split_modules = ["BertEmbeddings", "CenteredBertLayer"]
 
     @classmethod
-    def auto_model_classes(cls) -> dict[str, type[CenteredBertPreTrainedModel]]:
+    def auto_model_classes(cls) -> dict[str, type["CenteredBertPreTrainedModel"]]:
         return AUTO_MODEL_CLASSES
 
     @torch.no_grad()
@@ -234,10 +237,47 @@ class CenteredBertForSequenceClassification(CenteredBertPreTrainedModel, BertFor
 
 
 class CenteredBertForMaskedLM(CenteredBertPreTrainedModel, BertForMaskedLM):
+    """Stock BERT's masked-LM head; with `config.sparse_prediction` and labels, only the labelled positions are
+    scored (the same loss; logits `(labelled positions, vocab_size)`)."""
+
     def __init__(self, config: CenteredBertConfig):
         super().__init__(config)
         self.bert = CenteredBertModel(config, add_pooling_layer=False)
         self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MaskedLMOutput:
+        inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+        )
+        if not (self.config.sparse_prediction and labels is not None):
+            return super().forward(**inputs, labels=labels, **kwargs)
+        outputs = self.bert(**inputs, return_dict=True, **kwargs)
+        labelled = labels != IGNORED_LABEL
+        logits = self.cls(outputs.last_hidden_state[labelled])
+        return MaskedLMOutput(
+            loss=nn.functional.cross_entropy(logits, labels[labelled]),
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 class CenteredBertForTokenClassification(CenteredBertPreTrainedModel, BertForTokenClassification):

@@ -225,3 +225,12 @@ def test_compile_resume_measures_only_the_missing_methods_in_order(tmp_path, mon
     assert json.loads(results_file.read_text()) == results
     with pytest.raises(SystemExit, match="other settings"):
         bench_compile.main(["--methods", "none", *common, "--rounds", "3", "--resume"])
+
+
+def test_sparse_prediction_bench_compares_the_two_heads():
+    spec = importlib.util.spec_from_file_location("bench_sparse", BENCH_DIR / "bench_sparse_prediction.py")
+    bench_sparse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_sparse)
+    result = bench_sparse.compare((1, 64, 12, 4), steps=1, repeats=2)
+    assert result["dense_s"] > 0 and result["sparse_s"] > 0
+    assert result["ratio_min"] <= result["ratio"] <= result["ratio_max"]

@@ -530,6 +530,36 @@ def test_auto_classes_resolve_to_centered_models():
     assert set(hf_centered.available_fusions()) == {"none", "concat", "max", "gate"}
 
 
+@pytest.mark.parametrize("methods", METHOD_SETS, ids="+".join)
+def test_sparse_prediction_scores_the_labelled_positions_with_the_dense_loss(methods):
+    torch.manual_seed(0)
+    dense = CenteredBertForMaskedLM(bert_config(correction=methods)).train()
+    sparse = CenteredBertForMaskedLM(bert_config(correction=methods, sparse_prediction=True)).train()
+    sparse.load_state_dict(dense.state_dict())
+    inputs = bert_inputs()
+    labels = torch.where(torch.rand(inputs["input_ids"].shape) < 0.3, inputs["input_ids"], -100)
+    labels[inputs["attention_mask"] == 0] = -100
+    labelled = labels != -100
+    outputs = {}
+    for name, model in (("dense", dense), ("sparse", sparse)):
+        torch.manual_seed(1)  # the same dropout masks
+        output = model(**inputs, labels=labels)
+        output.loss.backward()
+        outputs[name] = output
+    expected = torch.nn.functional.cross_entropy(outputs["dense"].logits[labelled], labels[labelled])
+    assert outputs["sparse"].logits.shape == (int(labelled.sum()), dense.config.vocab_size)
+    torch.testing.assert_close(outputs["sparse"].logits, outputs["dense"].logits[labelled])
+    torch.testing.assert_close(outputs["sparse"].loss, expected)
+    torch.testing.assert_close(outputs["dense"].loss, expected)
+    for (name, dense_parameter), sparse_parameter in zip(dense.named_parameters(), sparse.parameters(), strict=True):
+        if dense_parameter.grad is not None:
+            torch.testing.assert_close(sparse_parameter.grad, dense_parameter.grad, msg=name)
+    sparse.eval()
+    with torch.no_grad():  # without labels (inference, pipelines) every position is scored
+        assert sparse(**inputs).logits.shape == (*inputs["input_ids"].shape, dense.config.vocab_size)
+        assert isinstance(sparse(**inputs, labels=labels, return_dict=False), tuple)
+
+
 def test_masked_lm_keeps_tied_embeddings():
     model = CenteredBertForMaskedLM(bert_config())
     assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()

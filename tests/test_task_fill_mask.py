@@ -366,6 +366,21 @@ def test_from_scratch_with_whole_word_masking(assets, tmp_path):
     assert "| whole_word_mask | True |" in (output_dir / "README.md").read_text()
 
 
+def test_sparse_prediction_trains_and_scores_as_the_dense_head(assets, tmp_path):
+    """`sparse_prediction` changes which logits the model returns in training and evaluation, not what it learns or
+    how it scores: the same run with the dense head gives the same metrics."""
+    metrics = {}
+    for sparse in (False, True):
+        architecture = json.dumps({**TINY_ARCHITECTURE, "vocab_size": len(VOCAB) + 3, "sparse_prediction": sparse})
+        model = ("--architecture", architecture, "--tokenizer_name", str(assets.model))
+        output_dir = tmp_path / f"sparse-{sparse}"
+        metrics[sparse] = main(run_argv(assets, output_dir, "--max_steps", "3", model=model))
+    assert json.loads((output_dir / "config.json").read_text())["sparse_prediction"] is True
+    assert metrics[True]["eval_accuracy"] == metrics[False]["eval_accuracy"]
+    for name in ("eval_perplexity", "eval_loss"):
+        assert metrics[True][name] == pytest.approx(metrics[False][name], rel=1e-4)
+
+
 def bad_input_argv(assets, folder: Path, case: str) -> tuple[list[str], str]:
     """The command line of one bad input, with (a fragment of) the line it must be refused with."""
     output_dir = folder / "out"

@@ -306,6 +306,13 @@ def predicted_tokens_and_losses(logits: torch.Tensor, labels: torch.Tensor) -> t
     a vocabulary row for the Trainer to keep."""
     if isinstance(logits, tuple):  # models returning hidden states too put the logits first
         logits = logits[0]
+    if logits.dim() == 2:  # config.sparse_prediction: the logits of the labelled positions, in order
+        labelled = labels != IGNORED_LABEL
+        tokens = torch.full_like(labels, IGNORED_LABEL)
+        tokens[labelled] = logits.argmax(dim=-1)
+        losses = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+        losses[labelled] = torch.nn.functional.cross_entropy(logits.float(), labels[labelled], reduction="none")
+        return tokens, losses
     losses = torch.nn.functional.cross_entropy(
         logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORED_LABEL, reduction="none"
     )
