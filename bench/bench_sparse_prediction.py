@@ -6,7 +6,7 @@ sequences of which 15 % carry labels. The two heads' steps (forward, backward, A
 machine state. Reported per size: seconds per step of each, and the dense / sparse time ratio (median, with min–max
 over the repeats).
 
-    PYTHONPATH=. python bench/bench_sparse_prediction.py            # 20 steps per repeat, 5 repeats
+    PYTHONPATH=. python bench/bench_sparse_prediction.py            # 10 steps per repeat, 3 repeats
     PYTHONPATH=. python bench/bench_sparse_prediction.py --quick    # 2 steps, 2 repeats, the smallest size
 """
 
@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 steps, 2 repeats, the smallest size")
     args = parser.parse_args()
-    steps, repeats, sizes = (2, 2, SIZES[:1]) if args.quick else (20, 5, SIZES)
+    steps, repeats, sizes = (2, 2, SIZES[:1]) if args.quick else (10, 3, SIZES)
     print(machine_description())
     print("layers hidden length batch   dense s/step  sparse s/step  dense/sparse (min-max)")
     for size in sizes:
