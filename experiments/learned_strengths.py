@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minilm import text_unit
-from runner.plan import Experiment, Plan
+from runner.plan import FULL, QUICK, Experiment, Plan
 from runner.report import image_link, pyplot, save_figure
 from runner.statistics import Results, accuracy_of, difference
 from runner.units import Unit
@@ -30,8 +30,10 @@ class StrengthSettings:
     vit_depths: tuple[int, ...]  # of the ViT units, with the plan's seeds
 
 
-def strength_settings(quick: bool) -> StrengthSettings:
-    return StrengthSettings(seeds=(42,), vit_depths=(4,)) if quick else StrengthSettings((42, 43, 44, 45, 46), (16, 32))
+def strength_settings(size: str) -> StrengthSettings:
+    if size == FULL:
+        return StrengthSettings(seeds=(42, 43, 44, 45, 46), vit_depths=(16, 32))
+    return StrengthSettings(seeds=(42,), vit_depths=(4,) if size == QUICK else (2,))
 
 
 def strength_variants() -> list[str]:

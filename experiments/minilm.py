@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.plan import Experiment, Plan
+from runner.plan import FULL, QUICK, TINY, Experiment, Plan
 from runner.report import image_link, pyplot, save_figure
 from runner.statistics import Results, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, PROFILE_METRICS, UNIT_RECIPE, Unit
@@ -31,9 +31,13 @@ class FinetuningSettings:
     fusion_seeds: int  # fine-tuning seeds of the fusions (experiment 1 needs one; experiment 3 lists them too)
 
 
-def finetuning_settings(quick: bool) -> FinetuningSettings:
-    """The quick plan trains on a slice of the snippets."""
-    options = ("--max_train_samples", "480", "--max_eval_samples", "240") if quick else ()
+def finetuning_settings(size: str) -> FinetuningSettings:
+    """The quick plan trains on a slice of the snippets, the tiny one a step on a few."""
+    options = {
+        FULL: (),
+        QUICK: ("--max_train_samples", "480", "--max_eval_samples", "240"),
+        TINY: ("--max_train_samples", "16", "--max_eval_samples", "12", "--max_steps", "1"),
+    }[size]
     return FinetuningSettings(options=options, fusion_seeds=1)
 
 

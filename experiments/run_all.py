@@ -21,7 +21,7 @@ experiments without an edit. The text units run one at a time on every core (the
 small ViT units run one per core. Each unit's output (a Hub-ready export) and log stay in the scratch folder. The
 machinery the experiments share (units, cache, workers, statistics, report writer) is the `runner` package.
 
-Adding an experiment: a module defining an `Experiment` (`runner/plan.py`: its settings for the full and the quick
+Adding an experiment: a module defining an `Experiment` (`runner/plan.py`: its settings for the full, quick and tiny
 plan, its units, its report section and findings), and its line in `EXPERIMENTS`.
 """
 
@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from runner import REPO_ROOT  # first: puts this checkout's package first on sys.path, before anything imports it
@@ -40,7 +41,7 @@ from runner import REPO_ROOT  # first: puts this checkout's package first on sys
 import learned_strengths
 import minilm
 import vit_digits
-from runner.plan import Experiment, Plan
+from runner.plan import FULL, QUICK, TINY, Experiment, Plan
 from runner.report import write_report
 from runner.scheduling import run_plan
 
@@ -53,16 +54,16 @@ EXPERIMENTS: tuple[Experiment, ...] = (
 )
 
 
-def settings(quick: bool) -> dict[str, Any]:
-    """Every experiment's own settings in the full or the quick plan, by experiment name."""
-    return {experiment.name: experiment.settings(quick) for experiment in EXPERIMENTS}
+def settings(size: str) -> dict[str, Any]:
+    """Every experiment's own settings in a plan of `size` (FULL, QUICK or TINY), by experiment name."""
+    return {experiment.name: experiment.settings(size) for experiment in EXPERIMENTS}
 
 
 def full_plan() -> Plan:
     return Plan(
         name="full",
         experiments=EXPERIMENTS,
-        settings=settings(quick=False),
+        settings=settings(FULL),
         seeds=(42, 43, 44),
         profile_sequences=256,
         results_path=REPO_ROOT / "experiments" / "results" / "full.json",
@@ -79,7 +80,7 @@ def quick_plan() -> Plan:
     return replace(
         full_plan(),
         name="quick",
-        settings=settings(quick=True),
+        settings=settings(QUICK),
         seeds=(42,),
         profile_sequences=64,
         results_path=quick_dir / "results.json",
@@ -87,6 +88,20 @@ def quick_plan() -> Plan:
         images_dir=quick_dir / "images",
         scratch_dir=quick_dir / "runs",
         readme_path=None,
+    )
+
+
+def tiny_plan(root: Path) -> Plan:
+    """The tests' plan: each experiment's tiny settings (a step or two of training per unit), results under `root`."""
+    return replace(
+        quick_plan(),
+        name="tiny",
+        settings=settings(TINY),
+        profile_sequences=6,
+        results_path=root / "results.json",
+        report_path=root / "RESULTS.md",
+        images_dir=root / "images",
+        scratch_dir=root / "runs",
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.plan import Experiment, Plan
+from runner.plan import FULL, QUICK, TINY, Experiment, Plan
 from runner.report import image_link, pyplot, save_figure
 from runner.statistics import Results, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit
@@ -50,20 +50,22 @@ class DepthSweepSettings:
     sweep_values: dict[str, tuple[float, ...]]  # configuration field → values (the default among them)
 
 
-def depth_sweep_settings(quick: bool) -> DepthSweepSettings:
-    """Every correction alone and the gate fusion; the quick plan trains shallow ViTs briefly, two sweep values."""
+def depth_sweep_settings(size: str) -> DepthSweepSettings:
+    """Every correction alone and the gate fusion; the quick plan trains shallow ViTs briefly, two sweep values; the
+    tiny one a 1- and a 2-layer ViT for an epoch on a slice."""
     sweep_values = {
         "centered_scale": (0.25, 0.5, 1.0),
         "neutreno_lambda": (0.3, 0.6, 0.9),
         "contranorm_scale": (0.03, 0.1, 0.3),
         "dgn_lambda": (0.003, 0.01, 0.1),
     }
+    quick = size != FULL
     return DepthSweepSettings(
-        depths=(2, 4) if quick else (2, 4, 8, 16, 32),
+        depths={FULL: (2, 4, 8, 16, 32), QUICK: (2, 4), TINY: (1, 2)}[size],
         variants=(*(name for name in variants() if not is_fusion(name)), "gate"),
-        epochs=4 if quick else 15,
-        options=(),
-        sweep_depth=4 if quick else 16,
+        epochs={FULL: 15, QUICK: 4, TINY: 1}[size],
+        options=("--max_train_samples", "64", "--max_eval_samples", "24") if size == TINY else (),
+        sweep_depth={FULL: 16, QUICK: 4, TINY: 2}[size],
         sweep_values={name: values[:2] for name, values in sweep_values.items()} if quick else sweep_values,
     )
 

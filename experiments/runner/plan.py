@@ -2,7 +2,7 @@
 (its settings, its units, its part of the report).
 
 The plan holds what the experiments share; each experiment's own settings sit in `Plan.settings` under its name, as
-its module's `settings(quick)` returned them, so that a new experiment adds no field here.
+its module's `settings(size)` returned them for the plan's size, so that a new experiment adds no field here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ if TYPE_CHECKING:
     from runner.statistics import Results
 
 
-def no_settings(quick: bool) -> None:
+# The sizes of a plan: `full` (docs/RESULTS.md), `quick` (`--quick`: every code path on small slices, minutes) and
+# `tiny` (the tests: a step or two of training per unit).
+FULL, QUICK, TINY = "full", "quick", "tiny"
+SIZES = (FULL, QUICK, TINY)
+
+
+def no_settings(size: str) -> None:
     """The settings of an experiment that has none of its own."""
     return None
 
@@ -42,7 +48,7 @@ class Experiment:
     name: str
     units: Callable[[Plan], list[Unit]]
     section: Callable[[Results], list[str]]  # its report section(s), after writing its plots
-    settings: Callable[[bool], Any] = no_settings  # (quick) → its settings in the full or the quick plan
+    settings: Callable[[str], Any] = no_settings  # (size: FULL, QUICK or TINY) → its settings in a plan of that size
     setup: Callable[[Results], list[str]] = no_lines  # its bullets of the report's "Setup"
     profiled: Callable[[Results], str] | None = None  # its inputs in the Setup's profiles bullet: "256 test images"
     findings: Callable[[Results], list[str]] = no_lines  # its bullets of the findings and the README's headline
