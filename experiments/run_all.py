@@ -15,6 +15,8 @@ order (`EXPERIMENTS`), each in a module that says what its units are:
   sweep of each correction's main hyper-parameter.
 - `minilm.FINETUNING` (experiment 3): MiniLM fine-tuned on Rotten Tomatoes with each method, over seeds.
 - `learned_strengths.LEARNED_STRENGTHS` (experiment 4): every correction with fixed against learned strengths.
+- `wnut16_tagging.TAGGING`: MiniLM fine-tuned for named entities on WNUT 2016 tweets, every correction fixed and
+  learned.
 
 A variant is every registered correction alone and every registered fusion alone, so a new method joins the
 experiments without an edit. The text units run one at a time on every core (their training times are compared); the
@@ -41,6 +43,7 @@ from runner import REPO_ROOT  # first: puts this checkout's package first on sys
 import learned_strengths
 import minilm
 import vit_digits
+import wnut16_tagging
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
 from runner.report import write_report
 from runner.scheduling import run_plan
@@ -51,6 +54,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     vit_digits.DEPTH_SWEEP,
     minilm.FINETUNING,
     learned_strengths.LEARNED_STRENGTHS,
+    wnut16_tagging.TAGGING,
 )
 
 
