@@ -17,6 +17,9 @@ order (`EXPERIMENTS`), each in a module that says what its units are:
 - `learned_strengths.LEARNED_STRENGTHS` (experiment 4): every correction with fixed against learned strengths.
 - `wnut16_tagging.TAGGING`: MiniLM fine-tuned for named entities on WNUT 2016 tweets, every correction fixed and
   learned.
+- `masked_lm_depth.MASKED_LM_DEPTH`: BERT masked language models trained from scratch on the text corpus at
+  depths 2 to 24.
+- `segmentation_depth.SEGMENTATION_DEPTH`: a ViT segmenting digit mosaics, trained from scratch at depths 4 to 32.
 
 A variant is every registered correction alone and every registered fusion alone, so a new method joins the
 experiments without an edit. The text units run one at a time on every core (their training times are compared); the
@@ -41,7 +44,9 @@ from runner import REPO_ROOT  # first: puts this checkout's package first on sys
 
 # isort: split
 import learned_strengths
+import masked_lm_depth
 import minilm
+import segmentation_depth
 import vit_digits
 import wnut16_tagging
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
@@ -55,6 +60,8 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     minilm.FINETUNING,
     learned_strengths.LEARNED_STRENGTHS,
     wnut16_tagging.TAGGING,
+    masked_lm_depth.MASKED_LM_DEPTH,
+    segmentation_depth.SEGMENTATION_DEPTH,
 )
 
 
