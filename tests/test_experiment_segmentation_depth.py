@@ -144,6 +144,10 @@ def test_the_section_reports_the_measured_units_and_computes_its_differences(tmp
     assert (plan.images_dir / seg.SEGMENTATION_IMAGE).stat().st_size > 0
 
 
-def test_an_unmeasured_experiment_reports_no_findings(tmp_path):
+def test_an_unmeasured_experiment_renders_empty_tables_and_no_findings(tmp_path):
     plan = segmentation_plan(tmp_path)
     assert seg.segmentation_findings(Results(plan, ResultCache(plan.results_path))) == []
+    write_report(plan)
+    section = plan.report_path.read_text().split("## Segmentation depth sweep")[1]
+    assert "*48 of this experiment's 48 units are not measured yet" in section  # 2 depths, 3 seeds, 8 variants
+    assert "| centered@learned | — | — |" in section and "## Findings (computed from the tables above)\n<!--" in section
