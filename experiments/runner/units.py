@@ -79,6 +79,9 @@ class Unit:
 
     key: str
     options: tuple[str, ...]  # finetune.py options, without --output_dir (the scratch folder is not part of a result)
+    # finetune.py options naming this machine's files (a packaged tokenizer's folder): passed after `options`, not
+    # part of the cache key, so that a committed result holds on a machine that keeps the file elsewhere
+    local_options: tuple[str, ...] = ()
     train: bool = True  # False: the converted checkpoint is measured as it is (no training, no quality metrics)
     alone: bool = False  # True: one at a time on every core (training times compared); False: one core, side by side
     cost: float = 1.0  # relative run time: the units run side by side start longest first

@@ -46,7 +46,7 @@ def training_seconds(output_dir: Path) -> float:
 def execute_unit(unit: Unit, output_dir: Path, profile_sequences: int, recipe: list[str]) -> tuple[dict[str, Any], str]:
     """Runs one unit in this process (`recipe`: the `--config` of its base recipe): its JSON-safe result, and the
     progress log's words on it (the task's headline metric)."""
-    argv = [*recipe, *unit.options, "--output_dir", str(output_dir)]
+    argv = [*recipe, *unit.options, *unit.local_options, "--output_dir", str(output_dir)]
     args, config, source, _, data = prepared_data(argv)
     train_examples, eval_examples = data.examples
     result: dict[str, Any] = {"train_examples": train_examples, "eval_examples": eval_examples}
