@@ -189,7 +189,6 @@ def plot_masked_lm(results: Results) -> None:
         axis.set_xlabel("depth (layers)")
         axis.set_ylabel(title)
         axis.grid(alpha=0.3)
-    axes[0][1].set_yscale("log")
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"BERT masked LM from scratch on text_corpus: mean ± std over {len(results.plan.seeds)} seed(s)")
     figure.tight_layout()

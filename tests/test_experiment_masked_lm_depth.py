@@ -108,3 +108,15 @@ def test_units_record_the_masked_lm_metrics_and_the_section_reads_them(tmp_path)
     )
     assert findings[1].startswith(f"- Masked LM, depth 1: best `none` at {stock['accuracy'] * 100:.1f} %")
     assert len(findings) == 2  # depth 2 has no stock unit to compare with
+
+
+def test_the_section_renders_with_nothing_measured(tmp_path):
+    plan = replace(run_all.tiny_plan(tmp_path), experiments=(masked_lm_depth.MASKED_LM_DEPTH,))
+    results = Results(plan, ResultCache(plan.results_path))
+    section = "\n".join(masked_lm_depth.masked_lm_section(results))
+    units = len(masked_lm_depth.masked_lm_units(plan))
+    assert f"*{units} of this experiment's units are not measured yet" in section
+    assert "| none | — | — |" in section and "scores — % masked-token accuracy" in section
+    assert masked_lm_depth.masked_lm_findings(results) == []
+    assert "6 held-out corpus texts" in masked_lm_depth.profiled_texts(results)
+    assert "the corpus's texts" in masked_lm_depth.text_setup(results)[0]
