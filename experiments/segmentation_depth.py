@@ -29,7 +29,8 @@ from hf_centered.diagnostics import oversmoothing_profile
 from hf_centered.finetuning import FinetuneArguments
 from hf_centered.tasks.base import TaskData
 
-# configs/segmentation-digit-mosaics.yaml's ViT; the canvas (`image_size`) and the depth come from the settings.
+# configs/segmentation-digit-mosaics.yaml's ViT and training; the canvas (`image_size`) and the depth come from the
+# settings.
 SEGMENTATION_ARCHITECTURE = {
     "patch_size": 4,
     "num_channels": 1,
@@ -64,12 +65,15 @@ class SegmentationSettings:
 
 
 def segmentation_settings(size: str) -> SegmentationSettings:
-    """The full plan trains for about 500 steps, fewer learned nothing in the probes; the quick plan two shallow
-    depths briefly; the tiny one a 1- and a 2-layer ViT for a step on a few small mosaics."""
+    """The full plan trains for 500 steps (batch 32): on configs/segmentation-digit-mosaics.yaml's 32×32 mosaics, 300
+    steps left a 4-layer ViT at the all-background score. Its 24×24 canvas of 4 digits (36 patches instead of 64)
+    costs about a quarter less and still learns: 4 layers reached a mean IoU of 0.207 (all background: 0.078) in 44
+    CPU seconds. The quick plan trains two shallow depths briefly; the tiny one a 1- and a 2-layer ViT for a step on a
+    few small mosaics."""
     return SegmentationSettings(
         depths={FULL: (4, 8, 16, 32), QUICK: (2, 4), TINY: (1, 2)}[size],
-        mosaic_size={FULL: 32, QUICK: 24, TINY: 16}[size],
-        mosaic_digits={FULL: 6, QUICK: 4, TINY: 2}[size],
+        mosaic_size={FULL: 24, QUICK: 24, TINY: 16}[size],
+        mosaic_digits={FULL: 4, QUICK: 4, TINY: 2}[size],
         mosaic_images={FULL: 2000, QUICK: 400, TINY: 20}[size],
         epochs={FULL: 10, QUICK: 2, TINY: 1}[size],
         options=("--max_steps", "1") if size == TINY else (),
