@@ -118,6 +118,26 @@ def evaluation_scores(model, evaluation) -> tuple[float, float]:
     return sum(hits) / len(hits), math.exp(sum(losses) / len(losses))
 
 
+def seeded_masks(rows: list[dict]) -> dict[str, list]:
+    """The seeded collator's batch of `rows` (a module-level function: it runs in a spawned process too)."""
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(VOCAB)})
+    batch = masking_collator(tokenizer, FillMaskArguments(), seed=5)([dict(row) for row in rows])
+    return {name: batch[name].tolist() for name in ("input_ids", "labels")}
+
+
+def test_the_seeded_collator_masks_alike_in_a_spawned_process():
+    """experiments/run_all.py runs finetune.py in spawned worker processes, where transformers refuses to seed a
+    collator lazily; the seeded masks there are those of the main process."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    rows = [{"input_ids": [2, *range(len(SPECIAL_TOKENS), len(VOCAB)), 3]} for _ in range(4)]
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        in_worker = pool.submit(seeded_masks, rows).result()
+    assert in_worker == seeded_masks(rows)
+    assert any(label != IGNORED_LABEL for row in in_worker["labels"] for label in row)
+
+
 def test_masking_rate_and_replacements():
     """15% of the non-special tokens are chosen; of them 80% become [MASK], 10% a random token (which may draw the
     original or [MASK] itself, 1/V each), 10% stay; labels hold the original token there and -100 elsewhere."""

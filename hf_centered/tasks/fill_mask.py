@@ -107,6 +107,13 @@ class DataCollatorForLanguageModelingWithFixedEvaluation(DataCollatorForLanguage
             self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of, label_pad_token_id=IGNORED_LABEL
         )
 
+    def create_rng(self) -> None:
+        """The seeded generator: in a DataLoader worker seeded with `seed` + its id, as stock; elsewhere with `seed`.
+        Stock refuses any process but the main one outside a DataLoader, and experiments/run_all.py runs finetune.py
+        in spawned worker processes."""
+        worker = torch.utils.data.get_worker_info()
+        self.generator = self.get_generator(self.seed + (worker.id if worker is not None else 0))
+
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         if "labels" in examples[0]:
             return self.padding_collator(examples)
