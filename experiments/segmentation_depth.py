@@ -262,7 +262,7 @@ def segmentation_setup(results: Results) -> list[str]:
 
 
 def segmentation_findings(results: Results) -> list[str]:
-    """Stock at the shallowest and deepest depth, and the best variant at each depth, over the seeds measured."""
+    """Stock at each depth measured, and the best variant there, over the seeds measured so far."""
     depths = sorted(results.plan.settings[SEGMENTATION_DEPTH.name].depths)
     stock = {d: measured_summary(results, d, BASELINE, mean_iou_of) for d in depths}
     measured = [d for d in depths if stock[d].values]
