@@ -60,7 +60,7 @@ def test_quick_plan_code_paths_run_on_a_tiny_slice_and_resume(tmp_path, capsys):
         for metric in PROFILE_METRICS:
             assert len(result["profile"][metric]) == depth + 1, key
             assert math.isfinite(result["head_input"][metric]), key
-        assert result["profile_sequences"] == 6
+        assert 0 < result["profile_sequences"] <= 6, key  # the tiny evaluation sets of some hold fewer
         if key.startswith(("text/", "vit/")):  # the other experiments' tests check their tasks' metrics
             assert 0.0 <= result["accuracy"] <= 1.0 and result["train_seconds"] > 0
         assert ("strengths" in result) == (LEARNED in key), key
@@ -112,6 +112,7 @@ def cache_made_up_results(plan: Plan) -> None:
             "f1_macro": 0.7,
             **dict.fromkeys(("f1", "precision", "recall", "mean_iou", "mean_accuracy", "overall_accuracy"), 0.6),
             "perplexity": 90.0,
+            "most_frequent_token_accuracy": 0.05,
             "train_seconds": 2.0,
         }
         if LEARNED in unit.key:
@@ -166,22 +167,23 @@ def test_every_experiment_is_reported_in_registry_order_inside_kept_hand_written
     assert report.endswith(f"{REPORT_END}\nTail.\n")
     assert "old" not in report and "| none | 1 | 75.0 | 75.0 | 70.0 | — | 1.00 (1.00–1.00) |" in report
     headings = [line for line in report.splitlines() if line.startswith("## ")]
-    assert headings == [
+    assert headings[:5] == [
         "## Setup",
         "## Experiment 1: over-smoothing profiles of the pretrained MiniLM, before and after fine-tuning",
         "## Experiment 2: depth sweep, ViT from scratch on digits",
         "## Experiment 3: fine-tuning MiniLM on Rotten Tomatoes",
         "## Experiment 4: pretrained-safe corrections (learned strengths)",
-        "## Added experiment",
-        "## Findings (computed from the tables above)",
     ]
+    assert headings[-2:] == ["## Added experiment", "## Findings (computed from the tables above)"]
+    assert len(headings) == len(run_all.EXPERIMENTS) + 3, "a section per experiment, with Setup, Added and Findings"
     assert "accuracy 0.75, shared unit read." in report
     assert "- Images (experiment 2)" in report and "- Added: its own setup.\n- Profiles: the first 6 held-out" in report
-    assert "(text), 6 test images or 3 added inputs, every real token" in report
+    profiles = next(line for line in report.splitlines() if line.startswith("- Profiles: the first 6 held-out"))
+    assert "6 test images" in profiles and "or 3 added inputs, every real token" in profiles
     findings = report.split("## Findings")[1].split(REPORT_END)[0].strip().splitlines()
-    assert (
-        findings.index("- Added: its finding.") == findings.index(next(f for f in findings if "fixed against" in f)) + 1
-    )
+    # in registry order, the added experiment last; the profiles' observation after all (findings_order)
+    assert findings.index("- Added: its finding.") == len(findings) - 2
+    assert findings.index("- Added: its finding.") > findings.index(next(f for f in findings if "fixed against" in f))
     assert findings[-1].startswith("- Fine-tuning raises")  # the profiles' observation comes last (findings_order)
     headline = readme.read_text()
     assert headline.startswith("# Project\n\n") and headline.endswith(f"{HEADLINE_END}\n\n## Usage\n")
