@@ -19,11 +19,11 @@ demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) -m hf_centered.demo
 
 # Runs the experiments of docs/RESULTS.md missing from experiments/results/full.json and rewrites the report; move
-# that file away to measure everything again (about 3 hours on 2 cores).
+# that file away to measure everything again (about 12 hours on 2 cores, estimated).
 experiments: install
 	$(PYTHON) experiments/run_all.py
 
-# The same code paths on small slices, reported in outputs/experiments/quick/RESULTS.md (under 10 minutes).
+# The same code paths on small slices, reported in outputs/experiments/quick/RESULTS.md (minutes; not re-timed since the dense-task experiments).
 experiments-quick: install
 	$(PYTHON) experiments/run_all.py --quick
 

@@ -1,7 +1,7 @@
 """Reproduces docs/RESULTS.md offline: over-smoothing profiles, a ViT depth sweep and per-method fine-tuning.
 
-    python experiments/run_all.py                 # the full plan: docs/RESULTS.md (about 3 hours on 2 CPU cores)
-    python experiments/run_all.py --quick         # every code path on small slices (under 10 minutes)
+    python experiments/run_all.py                 # the full plan: docs/RESULTS.md (about 12 hours on 2 CPU cores)
+    python experiments/run_all.py --quick         # every code path on small slices (minutes)
     python experiments/run_all.py --report-only   # rewrite the tables and plots from the cached results
 
 Every measurement is one unit: a key and the exact `finetune.py` options that produce it. Finished units are cached in
@@ -118,7 +118,7 @@ def tiny_plan(root: Path) -> Plan:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small slices of every experiment (under 10 minutes)")
+    parser.add_argument("--quick", action="store_true", help="small slices of every experiment (minutes)")
     parser.add_argument("--report-only", action="store_true", help="only regenerate the report from cached results")
     return parser.parse_args(argv)
 
