@@ -38,16 +38,82 @@ class CorrectionState:
         key_padding_mask: `(B, k)` bool, True at the keys a query may attend to: prefix tuning's virtual keys, then
             the tokens; `None` when every key may be attended to, or when the keys are the tokens (then
             `padding_mask` says which).
+        query_key_mask: the attention mask, `(B or 1, 1 or H, q, k)` (boolean, True = may attend, or additive),
+            when the keys a query may attend to differ between queries (causal or local attention, a KV cache);
+            `None` when they are the same for every query (`key_mask`, or `causal`, says which).
+        causal: no mask, and query i may attend to keys 0..i (SDPA's causal mode, which aligns the queries with
+            the first keys).
+        tokens_start: where the tokens' own keys start among the k keys: `None` for the last n (prefix tuning's
+            virtual keys, or a dynamic KV cache, come first); a static KV cache holds them at the cache position.
     """
 
     padding_mask: torch.Tensor | None = None
     first_values: torch.Tensor | None = None
     key_padding_mask: torch.Tensor | None = None
+    query_key_mask: torch.Tensor | None = None
+    causal: bool = False
+    tokens_start: int | None = None
 
     @property
     def key_mask(self) -> torch.Tensor | None:
         """`(B, k)` bool mask of the keys a query may attend to, or `None` when it may attend to all of them."""
         return self.padding_mask if self.key_padding_mask is None else self.key_padding_mask
+
+    @property
+    def per_query(self) -> bool:
+        """Whether the keys a query may attend to differ between queries."""
+        return self.causal or self.query_key_mask is not None
+
+    def token_values(self, value: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """The tokens' own values `(B, H, n, d_h)` among every key's `(B, H, k, d_h)` (see `tokens_start`)."""
+        if self.tokens_start is None:
+            return value[:, :, value.shape[2] - num_tokens :]
+        return value[:, :, self.tokens_start : self.tokens_start + num_tokens]
+
+
+def allowed_keys(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The boolean form (True = may attend) of a boolean or additive attention mask."""
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
+class _MaskedKeyMean(torch.autograd.Function):
+    """`(M / Σ_j M) · V`: each query's mean value over the keys its row of the mask allows, `(B, H, q, d_h)`.
+
+    Backward keeps the mask the model built anyway and V, never a new `(q, k)` tensor: the weights are rebuilt.
+    """
+
+    @staticmethod
+    def forward(ctx, attention_mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(attention_mask)
+        return _mean_weights(attention_mask, value.dtype) @ value
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (attention_mask,) = ctx.saved_tensors
+        return None, _mean_weights(attention_mask, grad_output.dtype).transpose(-1, -2) @ grad_output
+
+
+def _mean_weights(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    weights = allowed_keys(attention_mask).to(dtype)
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
+
+
+def attended_key_mean(value: torch.Tensor, state: CorrectionState, num_queries: int) -> torch.Tensor:
+    """Each query's mean value over the keys it may attend to: `(B, H, q, d_h)`, or `(B, H, 1, d_h)` when the same
+    for every query (`state.per_query` is False). `value` holds every key's values, `(B, H, k, d_h)`."""
+    if state.query_key_mask is not None:
+        return _MaskedKeyMean.apply(state.query_key_mask, value)
+    if state.causal:
+        prefix = value[:, :, :num_queries].float().cumsum(dim=2)
+        counts = torch.arange(1, num_queries + 1, device=value.device, dtype=prefix.dtype)[:, None]
+        return (prefix / counts).to(value.dtype)
+    if state.key_mask is None:
+        return value.mean(dim=2, keepdim=True)
+    weights = state.key_mask.to(value.dtype)
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
+    return weights[:, None, None, :] @ value
 
 
 def deepcopy_attributes(module: nn.Module, memo: dict) -> nn.Module:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .correction_base import ATTENTION_SITE, Correction, CorrectionState
+from .correction_base import ATTENTION_SITE, Correction, CorrectionState, attended_key_mean
 
 CITATION = """@article{ali2023centered,
   title   = {Centered Self-Attention Layers},
@@ -46,15 +46,13 @@ class CenteredAttention(Correction):
     site = ATTENTION_SITE
     saved_activations = 0
 
-    def value_shift(self, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
-        """γ_h·v̄ per head, `(B, H, 1, d_h)`, v̄ over the keys a query may attend to (virtual keys included)."""
-        if state.key_mask is None:
-            value_mean = value.mean(dim=2, keepdim=True)
-        else:
-            weights = state.key_mask.to(value.dtype)
-            weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
-            value_mean = weights[:, None, None, :] @ value
-        return self.head_strength() * value_mean
+    def value_shift(self, value: torch.Tensor, state: CorrectionState) -> torch.Tensor | None:
+        """γ_h·v̄ per head, `(B, H, 1, d_h)`, v̄ over the keys a query may attend to (virtual keys included); None
+        when those keys differ between queries (causal or local attention), as v̄ then does."""
+        if state.per_query:
+            return None
+        return self.head_strength() * attended_key_mean(value, state, 1)
 
     def forward(self, context: torch.Tensor, value: torch.Tensor, state: CorrectionState) -> torch.Tensor:
-        return context - self.value_shift(value, state).transpose(1, 2)
+        value_mean = attended_key_mean(value, state, context.shape[1])
+        return context - (self.head_strength() * value_mean).transpose(1, 2)

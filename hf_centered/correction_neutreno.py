@@ -59,7 +59,7 @@ class NeuTRENO(Correction):
         strength = self.head_strength()
         if isinstance(strength, torch.Tensor):
             strength = strength.squeeze(-1)  # (H, 1) against the (B, n, H, d_h) layout
-        token_values = _token_values(value, context).transpose(1, 2)
+        token_values = state.token_values(value, context.shape[1]).transpose(1, 2)
         return _with_fidelity(context, _first_values(state).transpose(1, 2), token_values, strength)
 
     def project(
@@ -71,16 +71,11 @@ class NeuTRENO(Correction):
         return _ProjectedFidelity.apply(
             _merge_heads(context),
             _merge_heads(_first_values(state).transpose(1, 2)),
-            _merge_heads(_token_values(value, context).transpose(1, 2)),
+            _merge_heads(state.token_values(value, context.shape[1]).transpose(1, 2)),
             strength,
             projection.weight,
             projection.bias,
         )
-
-
-def _token_values(value: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """The tokens' own values `(B, H, n, d_h)` among every key's `(B, H, k, d_h)`: the last n (see ATTENTION_SITE)."""
-    return value[:, :, -context.shape[1] :]
 
 
 def _first_values(state: CorrectionState) -> torch.Tensor:

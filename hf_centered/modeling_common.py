@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .correction_base import Correction, CorrectionState, deepcopy_attributes
+from .correction_base import Correction, CorrectionState, allowed_keys, deepcopy_attributes
 from .corrections import needs_first_values
 from .fusion import LayerFusion
 
@@ -160,22 +160,56 @@ def corrected_attention(
     output_projection: nn.Module | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Runs the backend that `config._attn_implementation` names, then the module's attention-site corrections.
-
-    `query` is `(B, H, n, d_h)`, `key/value` are `(B, H, k, d_h)` (k > n under prefix tuning, whose virtual keys come
-    first); returns the context `(B, n, H, d_h)`, or with `output_projection` the projected attention output
-    `(B, n, d)`, and the backend's weights (None for fused backends). The corrections only need the context and V, so
-    SDPA and flash keep working. Without attention dropout, the leading corrections that have a `value_shift` are
-    folded into V instead (see `Correction.value_shift`); the last one computes the projection itself when it can
-    (see `Correction.project`).
-    """
+    """`run_corrected_attention` with the module's corrections and the backend that `config._attn_implementation`
+    names."""
     attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
         module.config._attn_implementation, eager_attention_forward
     )
-    corrections = list(module.corrections.values())
+    return run_corrected_attention(
+        module.corrections,
+        attention_interface,
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        state,
+        output_projection=output_projection,
+        **kwargs,
+    )
+
+
+def run_corrected_attention(
+    corrections: nn.ModuleDict,
+    attention_interface: Callable,
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    state: CorrectionState,
+    output_projection: nn.Module | None = None,
+    head_values: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Runs the attention backend, then the attention-site `corrections`: the one implementation of that site, for
+    the corrected BERT and ViT and for any model through `modeling_generic`.
+
+    `query` is `(B, H, n, d_h)`, `key/value` are `(B, H_kv, k, d_h)` (k > n under prefix tuning, whose virtual keys
+    come first, or with a KV cache); `head_values` are the values per query head, `(B, H, k, d_h)`, where grouped-
+    query attention shares a key/value head between several query heads (H_kv < H; None: `value` itself). Returns the
+    context `(B, n, H, d_h)`, or with `output_projection` the projected attention output `(B, n, d)`, and the
+    backend's weights (None for fused backends). The corrections only need the context and V, so SDPA and flash keep
+    working. Without attention dropout and with a value head per query head, the leading corrections that have a
+    `value_shift` are folded into V instead (see `Correction.value_shift`); the last one computes the projection
+    itself when it can (see `Correction.project`).
+    """
+    corrections = list(corrections.values())
     backend_value = value
+    if head_values is None:
+        head_values = value
     # Only a leading run is folded: a correction applied after a non-shift one need not commute with it.
-    while corrections and not kwargs.get("dropout"):
+    while corrections and not kwargs.get("dropout") and head_values is value:
         shift = corrections[0].value_shift(value, state)
         if shift is None:
             break
@@ -188,14 +222,14 @@ def corrected_attention(
     if corrections and can_project:
         projecting_correction = corrections.pop()
     for correction in corrections:
-        context = correction(context, value, state)
+        context = correction(context, head_values, state)
     if output_projection is None:
         return context, weights
     if projecting_correction is not None:
-        projected = projecting_correction.project(context, value, state, output_projection)
+        projected = projecting_correction.project(context, head_values, state, output_projection)
         if projected is not None:
             return projected, weights
-        context = projecting_correction(context, value, state)
+        context = projecting_correction(context, head_values, state)
     return output_projection(context.reshape(*context.shape[:2], -1).contiguous()), weights
 
 
@@ -226,8 +260,4 @@ def key_padding_mask_from_attention_mask(attention_mask, batch_size: int) -> tor
         return attention_mask.bool()
     if attention_mask.dim() != 4:
         raise ValueError(f"Expected a 2-D or 4-D attention mask, got shape {tuple(attention_mask.shape)}.")
-    if attention_mask.dtype == torch.bool:
-        allowed = attention_mask
-    else:
-        allowed = attention_mask > torch.finfo(attention_mask.dtype).min / 2
-    return allowed.any(dim=(1, 2)).expand(batch_size, -1)
+    return allowed_keys(attention_mask).any(dim=(1, 2)).expand(batch_size, -1)

@@ -1,0 +1,528 @@
+"""The corrections for any Hugging Face model whose attention goes through transformers' `AttentionInterface`.
+
+`correct(model, correction=..., **fields)` turns a loaded model (RoBERTa, DistilBERT, ELECTRA, ModernBERT, DeiT,
+DINOv2, ViT, BERT, Llama, Qwen2, GPT-2, …) into a corrected one in place; `from_pretrained(AutoModelForX, name,
+correction=..., **fields)` loads a stock or a corrected checkpoint. The corrections are the same modules, with the
+same equations, as in the dedicated `CenteredBert*` / `CenteredViT*` classes; only how they are reached differs:
+
+- **Attention site** (centered attention, NeuTRENO): the model's attention implementation becomes
+  `hf_centered_<backend>` (`hf_centered_sdpa`, `hf_centered_eager`), registered with `AttentionInterface` and, with
+  the stock mask builder, with `AttentionMaskInterface` (without it the mask would arrive as None and padding would be
+  ignored). It runs the stock backend, then the corrections that `correct` attached to the attention module
+  (`<attention module>.corrections`). The centered mean is over the keys each query may attend to: a prefix mean
+  under a causal mask, the window under local attention, the cache's filled slots while decoding.
+- **Layer-output site** (DGN): each layer of the stack (the one `nn.ModuleList` of `num_hidden_layers`
+  checkpointable layers) becomes a same-named subclass that applies `<layer>.output_corrections` to its output,
+  inside the region that gradient checkpointing recomputes.
+- **Per forward**: a forward pre-hook on the base model passes a `ForwardContext` down as a keyword argument (every
+  supported family hands its forward's keyword arguments to its layers and attention functions). Layer 0 writes the
+  tokens' values into it (NeuTRENO's V⁰); the later layers read them. Being an argument, it is seen again by a layer
+  that non-reentrant gradient checkpointing recomputes (a context variable would be gone by then).
+
+The configuration becomes a same-named subclass of the stock one with the correction fields of
+`CorrectionConfigMixin` (validated the same way) and `model_type` `corrected_<stock model_type>`; the model becomes a
+same-named subclass of its stock class, registered with the same Auto class for that configuration. A saved
+corrected model therefore loads as the corrected model wherever this package is imported, and never as the stock one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import sys
+
+import torch
+import transformers
+from torch import nn
+from transformers import AttentionInterface, AttentionMaskInterface, AutoConfig
+from transformers.masking_utils import eager_mask, sdpa_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from .configuration_centered import CorrectionConfigMixin
+from .correction_base import ATTENTION_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState, allowed_keys
+from .corrections import CORRECTIONS, build_corrections, needs_first_values
+from .modeling_common import (
+    CenteredPreTrainedMixin,
+    apply_corrections,
+    key_padding_mask_from_attention_mask,
+    run_corrected_attention,
+)
+
+CORRECTED_PREFIX = "hf_centered_"
+STOCK_BACKENDS = {"sdpa": sdpa_mask, "eager": eager_mask}
+"""The stock attention implementations that a corrected model can run on, with their mask builders."""
+CONTEXT_KWARG = "hf_centered_context"
+GENERIC_FAMILIES = (
+    "bert", "roberta", "distilbert", "electra", "modernbert", "vit", "deit", "dinov2", "llama", "qwen2", "gpt2"
+)  # fmt: skip
+"""The families tested on the generic path; their corrected checkpoints load in any process that imports the
+package. `correct` accepts any other model that has what the sites need (and registers it in that process)."""
+AUTO_MODEL_CLASSES = tuple(
+    getattr(transformers, name)
+    for name in (
+        "AutoModel",
+        "AutoModelForCausalLM",
+        "AutoModelForMaskedLM",
+        "AutoModelForSequenceClassification",
+        "AutoModelForTokenClassification",
+        "AutoModelForQuestionAnswering",
+        "AutoModelForMultipleChoice",
+        "AutoModelForImageClassification",
+        "AutoModelForMaskedImageModeling",
+        "AutoModelForSemanticSegmentation",
+        "AutoModelForPreTraining",
+        "AutoModelForNextSentencePrediction",
+    )
+)
+SUPPORTED_SITES = (ATTENTION_SITE, LAYER_OUTPUT_SITE)
+GENERIC_CORRECTIONS = tuple(name for name, cls in CORRECTIONS.items() if cls.site in SUPPORTED_SITES)
+"""The corrections available on the generic path (ContraNorm's site before the norms is not generic yet)."""
+CORRECTION_FIELDS = tuple(field.name for field in dataclasses.fields(CorrectionConfigMixin))
+
+
+@dataclasses.dataclass
+class ForwardContext:
+    """What the layers of one forward share. Built by the base model's pre-hook; layer 0 sets `first_values`.
+
+    Args:
+        past_length: tokens already in the KV cache before this forward (0 without one): the tokens' own keys start
+            there, unless the cache returned fewer keys (a sliding window), then they are the last n.
+        attention_mask: the mask the base model was called with: `(B, past + n)` padding, a prepared 4-D mask (a
+            static cache's spans its every slot), a dict of them per attention type, or None.
+        first_values: layer 0's values of this forward's tokens, `(B, H_kv, n, d_h)` (NeuTRENO's V⁰).
+    """
+
+    past_length: int = 0
+    attention_mask: torch.Tensor | None = None
+    first_values: torch.Tensor | None = None
+
+    def padding_mask(self, num_tokens: int) -> torch.Tensor | None:
+        """`(B, n)` bool, True at this forward's real tokens, or None (no mask). A prepared 4-D mask (or a dict of
+        them per attention type, as `generate` passes) says which keys some query may attend to: the real ones."""
+        mask = self.attention_mask
+        if isinstance(mask, dict):
+            mask = next((value for value in mask.values() if isinstance(value, torch.Tensor)), None)
+        if not isinstance(mask, torch.Tensor):
+            return None
+        if mask.dim() == 4:
+            mask = allowed_keys(mask).any(dim=(1, 2))
+        start = self.tokens_start(num_tokens, mask.shape[-1])
+        return mask[:, start : start + num_tokens].bool()
+
+    def tokens_start(self, num_tokens: int, num_keys: int) -> int:
+        return self.past_length if self.past_length + num_tokens <= num_keys else num_keys - num_tokens
+
+
+# --- attention site ---------------------------------------------------------------------------------------------
+
+
+def stock_backend(name: str, module: nn.Module):
+    """The attention function the stock model would call for implementation `name`: its own file's
+    `eager_attention_forward` for "eager", else the registered one."""
+    if name != "eager":
+        return ALL_ATTENTION_FUNCTIONS[name]
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise ValueError(
+            f"{type(module).__name__} has no module-level `eager_attention_forward`: the 'eager' implementation "
+            "cannot be corrected for it; allowed: attn_implementation='sdpa'."
+        )
+    return eager
+
+
+def attention_state(
+    module: nn.Module, backend: str, attention_mask, num_queries: int, first_values, tokens_start: int, kwargs: dict
+) -> CorrectionState:
+    """Which keys each query may attend to, in the form the corrections read (see `CorrectionState`)."""
+    if attention_mask is None:
+        # What SDPA does without a mask (eager then attends to every key).
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        causal = backend == "sdpa" and num_queries > 1 and bool(is_causal)
+        return CorrectionState(first_values=first_values, causal=causal, tokens_start=tokens_start)
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4:
+        raise ValueError(
+            f"The corrections need a 4-D attention mask, got {type(attention_mask).__name__}; allowed attention "
+            f"implementations are {', '.join(repr(name) for name in STOCK_BACKENDS)}."
+        )
+    local = getattr(module, "sliding_window", None) is not None or kwargs.get("sliding_window") is not None
+    if getattr(module, "is_causal", False) or local:
+        return CorrectionState(first_values=first_values, query_key_mask=attention_mask, tokens_start=tokens_start)
+    key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, attention_mask.shape[0])
+    return CorrectionState(first_values=first_values, key_padding_mask=key_padding_mask, tokens_start=tokens_start)
+
+
+def repeat_heads(tensor: torch.Tensor | None, num_heads: int) -> torch.Tensor | None:
+    """`(B, H_kv, k, d_h)` → `(B, H, k, d_h)`: each key/value head repeated for the query heads that share it."""
+    if tensor is None or tensor.shape[1] == num_heads:
+        return tensor
+    return tensor.repeat_interleave(num_heads // tensor.shape[1], dim=1)
+
+
+def corrected_backend(name: str):
+    """The attention function registered as `hf_centered_<name>`: the stock backend `name`, then the module's
+    attention-site corrections; a module without corrections gets exactly the stock backend."""
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        context = kwargs.pop(CONTEXT_KWARG, None)
+        backend = stock_backend(name, module)
+        corrections = getattr(module, "corrections", None)
+        provides_first_values = getattr(module, "provides_first_values", False)
+        if not (corrections or provides_first_values):
+            return backend(module, query, key, value, attention_mask, **kwargs)
+        if context is None:
+            raise RuntimeError(
+                f"{type(module).__name__} was called without the corrected model's forward context: its model does "
+                "not pass its forward's keyword arguments down to the attention, so it cannot be corrected."
+            )
+        num_queries = query.shape[2]
+        start = context.tokens_start(num_queries, key.shape[2])
+        if provides_first_values:
+            context.first_values = value[:, :, start : start + num_queries]
+        if not corrections:
+            return backend(module, query, key, value, attention_mask, **kwargs)
+        first_values = context.first_values
+        if first_values is not None and value.requires_grad and not first_values.requires_grad:
+            raise RuntimeError(
+                "NeuTRENO's V⁰ was computed without gradient: reentrant gradient checkpointing recomputes a layer "
+                "after the forward, so V⁰ would be detached; allowed: gradient_checkpointing_enable("
+                "gradient_checkpointing_kwargs={'use_reentrant': False})."
+            )
+        num_heads = query.shape[1]
+        state = attention_state(
+            module, name, attention_mask, num_queries, repeat_heads(first_values, num_heads), start, kwargs
+        )
+        return run_corrected_attention(
+            corrections,
+            backend,
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            state,
+            head_values=repeat_heads(value, num_heads) if value.shape[1] != num_heads else None,
+            **kwargs,
+        )
+
+    attention.__name__ = attention.__qualname__ = f"{CORRECTED_PREFIX}{name}_attention"
+    return attention
+
+
+def register_corrected_backends() -> None:
+    """Registers `hf_centered_sdpa` and `hf_centered_eager` with their stock mask builders; idempotent."""
+    for name, mask_builder in STOCK_BACKENDS.items():
+        AttentionInterface.register(CORRECTED_PREFIX + name, corrected_backend(name))
+        AttentionMaskInterface.register(CORRECTED_PREFIX + name, mask_builder)
+
+
+def corrected_implementation(implementation: str | None) -> str:
+    """`hf_centered_<backend>` for a stock implementation name (or a corrected one, unchanged)."""
+    implementation = implementation or "sdpa"
+    if implementation.startswith(CORRECTED_PREFIX) and implementation[len(CORRECTED_PREFIX) :] in STOCK_BACKENDS:
+        return implementation
+    if implementation not in STOCK_BACKENDS:
+        raise ValueError(
+            f"attn_implementation={implementation!r} cannot be corrected: allowed values are "
+            f"{', '.join(repr(name) for name in STOCK_BACKENDS)}."
+        )
+    return CORRECTED_PREFIX + implementation
+
+
+# --- finding the sites --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _calls_attention_interface(module_class: type) -> bool:
+    try:
+        source = inspect.getsource(module_class.forward)
+    except (OSError, TypeError):
+        return False
+    return "ALL_ATTENTION_FUNCTIONS" in source
+
+
+def layer_stack(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of layers: its one `nn.ModuleList` of `num_hidden_layers` checkpointable layers."""
+    num_layers = model.config.num_hidden_layers
+    stacks = [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.ModuleList)
+        and len(module) == num_layers
+        and all(isinstance(layer, GradientCheckpointingLayer) for layer in module)
+    ]
+    if len(stacks) != 1:
+        raise ValueError(
+            f"{type(model).__name__} cannot be corrected: the corrections need exactly one nn.ModuleList of "
+            f"num_hidden_layers={num_layers} GradientCheckpointingLayer layers, found {len(stacks)}."
+        )
+    return stacks[0]
+
+
+def attention_module(layer: nn.Module) -> nn.Module:
+    """The one module of `layer` that calls its attention through `ALL_ATTENTION_FUNCTIONS`."""
+    found = [module for module in layer.modules() if _calls_attention_interface(type(module))]
+    if len(found) != 1:
+        raise ValueError(
+            f"{type(layer).__name__} cannot be corrected: the corrections need exactly one attention module that "
+            f"calls ALL_ATTENTION_FUNCTIONS in each layer, found {len(found)} "
+            f"({', '.join(type(module).__name__ for module in found) or 'none'})."
+        )
+    return found[0]
+
+
+# --- layer-output site --------------------------------------------------------------------------------------------
+
+
+class CorrectedLayerMixin:
+    """A layer with `output_corrections` applied to its output (the first element where it returns a tuple)."""
+
+    def forward(self, *args, **kwargs):
+        output = super().forward(*args, **kwargs)
+        if not self.output_corrections:
+            return output
+        context: ForwardContext | None = kwargs.get(CONTEXT_KWARG)
+        if context is None:
+            raise RuntimeError(f"{type(self).__name__} was called without the corrected model's forward context.")
+        hidden_states = output[0] if isinstance(output, tuple) else output
+        state = CorrectionState(padding_mask=context.padding_mask(hidden_states.shape[1]))
+        hidden_states = apply_corrections(self.output_corrections, hidden_states, state)
+        return (hidden_states, *output[1:]) if isinstance(output, tuple) else hidden_states
+
+
+# --- classes --------------------------------------------------------------------------------------------------
+
+
+def _subclass(mixin: type, stock_class: type, namespace: dict | None = None) -> type:
+    """A subclass of `stock_class` with the same name, defined in this module (where pickle finds it)."""
+    name = stock_class.__name__
+    cls = type(name, (mixin, stock_class), {"__module__": __name__, "__qualname__": name, **(namespace or {})})
+    return cls
+
+
+class CorrectedConfigMixin(CorrectionConfigMixin):
+    """A corrected configuration registers its family's corrected models with the Auto classes when first built, so
+    that `AutoModelFor*.from_pretrained(<corrected checkpoint>)` finds them."""
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        register_corrected_models(type(self))
+
+
+@functools.cache
+def corrected_config_class(stock_config_class: type) -> type:
+    """The stock configuration class plus the correction fields, `model_type` `corrected_<stock model_type>`,
+    registered with `AutoConfig`."""
+    from huggingface_hub.dataclasses import strict
+
+    namespace = {
+        "model_type": f"corrected_{stock_config_class.model_type}",
+        "stock_model_type": stock_config_class.model_type,
+        "stock_config_class": stock_config_class,
+        "__doc__": f"[`{stock_config_class.__name__}`] plus the correction fields of [`CorrectionConfigMixin`].",
+    }
+    config_class = strict(_subclass(CorrectedConfigMixin, stock_config_class, namespace))
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    return config_class
+
+
+@functools.cache
+def register_corrected_models(config_class: type) -> None:
+    """Registers, for every Auto model class that maps the stock configuration to a model, the corrected subclass of
+    that model for `config_class`."""
+    for auto_class in AUTO_MODEL_CLASSES:
+        stock_model_class = auto_class._model_mapping.get(config_class.stock_config_class, None)
+        if isinstance(stock_model_class, type):
+            auto_class.register(config_class, corrected_model_class(stock_model_class), exist_ok=True)
+
+
+@functools.cache
+def corrected_layer_class(stock_layer_class: type) -> type:
+    return _subclass(CorrectedLayerMixin, stock_layer_class)
+
+
+def register_generic_families() -> None:
+    """Registers `corrected_<family>` with `AutoConfig` for every family of `GENERIC_FAMILIES`; idempotent."""
+    for family in GENERIC_FAMILIES:
+        corrected_config_class(CONFIG_MAPPING[family])
+
+
+class CorrectedModelMixin(CenteredPreTrainedMixin):
+    """What a corrected model adds to its stock class: the corrections installed from its configuration."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        install_corrections(self)
+        self.post_init()
+
+    @classmethod
+    def auto_model_classes(cls) -> dict[str, type]:
+        return {}
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, Correction):
+            module.reset_parameters()
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        """A stock implementation name selects its corrected counterpart (the corrections would be skipped)."""
+        if isinstance(attn_implementation, str):
+            attn_implementation = corrected_implementation(attn_implementation)
+        return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+
+
+@functools.cache
+def corrected_model_class(stock_model_class: type) -> type:
+    config_class = corrected_config_class(stock_model_class.config_class)
+    return _subclass(CorrectedModelMixin, stock_model_class, {"config_class": config_class})
+
+
+# --- installing -----------------------------------------------------------------------------------------------
+
+
+def install_corrections(model: nn.Module) -> None:
+    """Builds the corrections `model.config` asks for into the stock modules of `model` (new parameters on the
+    model's device and dtype, not initialised), points the model at the corrected attention implementation and adds
+    the forward pre-hook of the base model."""
+    config = model.config
+    register_corrected_backends()
+    layers = layer_stack(model)
+    reference = next(model.parameters(), None)
+    placement = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+
+    def placed(corrections: nn.ModuleDict, owner: nn.Module) -> nn.ModuleDict:
+        return corrections.to(**placement).train(owner.training)
+
+    for layer_idx, layer in enumerate(layers):
+        attention = attention_module(layer)
+        attention.corrections = placed(build_corrections(config, layer_idx, ATTENTION_SITE), attention)
+        attention.provides_first_values = layer_idx == 0 and needs_first_values(config)
+        layer.__class__ = corrected_layer_class(type(layer))
+        layer.output_corrections = placed(build_corrections(config, layer_idx, LAYER_OUTPUT_SITE), layer)
+    model.config._attn_implementation_internal = corrected_implementation(config._attn_implementation)
+    base_model = model.base_model
+    if not getattr(base_model, "has_correction_context_hook", False):
+        base_model.register_forward_pre_hook(functools.partial(inject_context, model=model), with_kwargs=True)
+        base_model.has_correction_context_hook = True
+
+
+def inject_context(base_model: nn.Module, args: tuple, kwargs: dict, model: nn.Module):
+    """Forward pre-hook of the base model: checks the configuration and passes a fresh `ForwardContext` down."""
+    config = model.config
+    config.check_structure(model.built_structure)
+    if not config._attn_implementation.startswith(CORRECTED_PREFIX):
+        raise ValueError(
+            f"config._attn_implementation={config._attn_implementation!r} would skip the corrections; allowed: "
+            f"model.set_attn_implementation({', '.join(repr(name) for name in STOCK_BACKENDS)})."
+        )
+    if model.training and needs_first_values(config):
+        check_not_reentrant(model)
+    bound = inspect.signature(base_model.forward).bind_partial(*args, **kwargs).arguments
+    cache = bound.get("past_key_values")
+    # A static cache counts in a tensor that its update advances in place: the count before this forward is copied.
+    past_length = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+    kwargs = {
+        **kwargs,
+        CONTEXT_KWARG: ForwardContext(past_length=past_length, attention_mask=bound.get("attention_mask")),
+    }
+    return args, kwargs
+
+
+def check_not_reentrant(model: nn.Module) -> None:
+    for module in model.modules():
+        checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) and checkpoint is not None:
+            if getattr(checkpoint, "keywords", {}).get("use_reentrant", False):
+                raise ValueError(
+                    "gradient checkpointing with use_reentrant=True would detach NeuTRENO's V⁰ (a reentrant "
+                    "recomputation runs after the forward); allowed: gradient_checkpointing_enable("
+                    "gradient_checkpointing_kwargs={'use_reentrant': False})."
+                )
+            return
+
+
+def check_fields(fields: dict) -> None:
+    unknown = sorted(set(fields) - set(CORRECTION_FIELDS))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not correction fields; allowed: {', '.join(CORRECTION_FIELDS)}.")
+
+
+def correct(model: nn.Module, correction: str | list[str] = "centered", **fields) -> nn.Module:
+    """Corrects a loaded model of any supported family in place and returns it.
+
+    Args:
+        model: a stock `PreTrainedModel` (any head) whose attention goes through `AttentionInterface`.
+        correction: one of `available_corrections()` or a list of several (as `CorrectionConfigMixin.correction`).
+        fields: the other correction fields of `CorrectionConfigMixin` (`centered_scale`, `neutreno_lambda`,
+            `correction_layers`, `correction_strength`, …), validated as in the dedicated configurations.
+
+    The new parameters (learned gates, DGN) are initialised; every stock weight is kept, so that with
+    `correction_strength="learned"` the corrected model equals the stock one until training moves the gates.
+    Invalid fields raise `ValueError` before anything changes.
+    """
+    if isinstance(model.config, CorrectionConfigMixin):
+        raise ValueError(
+            f"{type(model).__name__} is corrected already ({model.config.model_type}); allowed: a stock model, or "
+            "from_pretrained(..., **fields) to load a corrected one with other fields."
+        )
+    check_fields({"correction": correction, **fields})
+    config_class = corrected_config_class(type(model.config))
+    candidate = model.config.__class__.__new__(config_class)
+    candidate.__dict__.update(model.config.__dict__)
+    defaults = {field.name: field.default for field in dataclasses.fields(CorrectionConfigMixin)}
+    candidate.__dict__.update({**defaults, "correction": correction, **fields})
+    candidate.validate_corrections()
+    unsupported = [name for name in candidate.corrections if CORRECTIONS[name].site not in SUPPORTED_SITES]
+    if unsupported or candidate.has_fusion:
+        named = ", ".join(unsupported + ([f"fusion={candidate.fusion!r}"] if candidate.has_fusion else []))
+        raise ValueError(
+            f"{named}: not available on the generic path yet; allowed there: corrections "
+            f"{', '.join(GENERIC_CORRECTIONS)} and fusion='none'."
+        )
+    model_class = corrected_model_class(type(model))
+    register_corrected_models(config_class)
+    config = model.config
+    config.__class__ = config_class
+    config.__dict__.update(candidate.__dict__)
+    model.__class__ = model_class
+    install_corrections(model)
+    for module in model.modules():
+        if isinstance(module, Correction):
+            module.reset_parameters()
+    model.built_structure = config.structure()
+    return model
+
+
+def from_pretrained(auto_class: type, name_or_path, correction: str | list[str] | None = None, **kwargs) -> nn.Module:
+    """Loads a stock or a corrected checkpoint with `auto_class` (e.g. `AutoModelForCausalLM`).
+
+    Args:
+        auto_class: the Auto class of the head to load.
+        name_or_path: a Hub name or a folder.
+        correction: the corrections (as `correct`); None keeps a corrected checkpoint's own, and corrects a stock one
+            with the default ("centered").
+        kwargs: correction fields (`centered_scale`, `correction_strength`, …) and `from_pretrained` arguments
+            (`num_labels`, `torch_dtype`, `attn_implementation`, `revision`, …).
+    """
+    fields = {name: kwargs.pop(name) for name in list(kwargs) if name in CORRECTION_FIELDS}
+    if correction is not None:
+        fields["correction"] = correction
+    config = AutoConfig.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k in HUB_ARGUMENTS})
+    if isinstance(config, CorrectionConfigMixin):
+        return auto_class.from_pretrained(name_or_path, **fields, **kwargs)
+    return correct(auto_class.from_pretrained(name_or_path, **kwargs), **fields)
+
+
+HUB_ARGUMENTS = (
+    "cache_dir",
+    "force_download",
+    "local_files_only",
+    "token",
+    "revision",
+    "subfolder",
+    "trust_remote_code",
+)

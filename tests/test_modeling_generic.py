@@ -1,0 +1,428 @@
+"""The generic path: `correct()` on tiny configurations of every supported family, against the stock models, the
+dedicated BERT/ViT classes and explicit formulas."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+from conftest import STRONG
+from torch import nn
+
+import hf_centered
+from hf_centered.correction_base import CorrectionState, attended_key_mean
+from hf_centered.corrections import CORRECTIONS
+from hf_centered.modeling_generic import (
+    CORRECTED_PREFIX,
+    GENERIC_CORRECTIONS,
+    ForwardContext,
+    correct,
+    corrected_backend,
+)
+
+# Tiny odd-sized configurations of every family the generic path supports (GQA where the family has it).
+FAMILIES = {
+    "bert": (transformers.BertConfig, dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=3)),
+    "roberta": (transformers.RobertaConfig, dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=3)),
+    "distilbert": (transformers.DistilBertConfig, dict(dim=24, n_layers=3, n_heads=3, hidden_dim=37)),
+    "electra": (
+        transformers.ElectraConfig,
+        dict(embedding_size=16, hidden_size=24, num_hidden_layers=3, num_attention_heads=3),
+    ),
+    "modernbert": (
+        transformers.ModernBertConfig,
+        dict(
+            hidden_size=24, num_hidden_layers=3, num_attention_heads=3, local_attention=4, global_attn_every_n_layers=2
+        ),
+    ),
+    "llama": (
+        transformers.LlamaConfig,
+        dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
+    ),
+    "qwen2": (
+        transformers.Qwen2Config,
+        dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
+    ),
+    "gpt2": (transformers.GPT2Config, dict(n_embd=24, n_layer=3, n_head=3)),
+    "vit": (transformers.ViTConfig, dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=3)),
+    "deit": (transformers.DeiTConfig, dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=3)),
+    "dinov2": (
+        transformers.Dinov2Config,
+        dict(hidden_size=24, num_hidden_layers=3, num_attention_heads=3, mlp_ratio=2),
+    ),
+}
+TEXT_SIZES = dict(vocab_size=99, max_position_embeddings=64)
+IMAGE_SIZES = dict(image_size=12, patch_size=4)
+IMAGE_FAMILIES = ("vit", "deit", "dinov2")
+DECODERS = ("llama", "qwen2", "gpt2")
+ENCODERS = tuple(name for name in FAMILIES if name not in IMAGE_FAMILIES + DECODERS)
+TOKEN_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+CORRECTION_SETS = [[name] for name in GENERIC_CORRECTIONS] + [list(GENERIC_CORRECTIONS)]
+ZERO_STRENGTH = {cls.strength_field: 0.0 for cls in CORRECTIONS.values()}
+
+
+def family_config(family: str, **fields):
+    config_class, sizes = FAMILIES[family]
+    extra = IMAGE_SIZES if family in IMAGE_FAMILIES else {**TEXT_SIZES, **TOKEN_IDS}
+    return config_class(**sizes, **extra, intermediate_size=37, **fields)
+
+
+def stock_model(family: str, head: type | None = None, **fields) -> nn.Module:
+    torch.manual_seed(0)
+    head = head or (transformers.AutoModelForCausalLM if family in DECODERS else transformers.AutoModel)
+    return head.from_config(family_config(family, **fields)).eval()
+
+
+def padded_inputs(family: str, side: str = "right") -> dict[str, torch.Tensor]:
+    """Two sequences of 7 tokens, the second with 2 padding tokens (images: two images)."""
+    if family in IMAGE_FAMILIES:
+        return {"pixel_values": torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))}
+    input_ids = torch.randint(3, 90, (2, 7), generator=torch.Generator().manual_seed(1))
+    attention_mask = torch.ones(2, 7, dtype=torch.long)
+    attention_mask[1, 5:] = 0
+    if side == "left":
+        attention_mask = attention_mask.flip(-1)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if family == "gpt2":  # absolute positions: counted over the real tokens, as `generate` does
+        inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    return inputs
+
+
+def output_of(model: nn.Module, inputs: dict) -> torch.Tensor:
+    output = model(**inputs)
+    return output.logits if hasattr(output, "logits") and output.logits is not None else output.last_hidden_state
+
+
+def real_rows(tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    mask = inputs.get("attention_mask")
+    return tensor if mask is None else tensor[mask.bool()]
+
+
+def corrected(model: nn.Module, names: list[str], **fields) -> nn.Module:
+    torch.manual_seed(6)  # DGN's group assignment is initialised at random
+    return correct(copy.deepcopy(model), correction=names, **{**STRONG, **fields})
+
+
+@pytest.mark.parametrize("names", CORRECTION_SETS, ids="+".join)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_strength_equals_stock_and_a_strength_changes_the_outputs(family, names):
+    stock = stock_model(family)
+    inputs = padded_inputs(family)
+    expected = output_of(stock, inputs)
+    with torch.no_grad():
+        zero = output_of(corrected(stock, names, **ZERO_STRENGTH), inputs)
+        strong = output_of(corrected(stock, names), inputs)
+    assert torch.equal(real_rows(zero, inputs), real_rows(expected, inputs))
+    assert (real_rows(strong, inputs) - real_rows(expected, inputs)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_learned_strengths_start_as_the_stock_model(family, training):
+    stock = stock_model(family, attention_probs_dropout_prob=0.0) if family in ("bert", "roberta", "electra") else None
+    stock = stock or stock_model(family)
+    model = corrected(stock, list(GENERIC_CORRECTIONS), correction_strength="learned")
+    inputs = padded_inputs(family)
+    stock.train(training), model.train(training)
+    torch.manual_seed(2)
+    expected = output_of(stock, inputs)
+    torch.manual_seed(2)
+    actual = output_of(model, inputs)
+    assert torch.allclose(real_rows(actual, inputs), real_rows(expected, inputs), atol=1e-6)
+
+
+@pytest.mark.parametrize("names", CORRECTION_SETS, ids="+".join)
+@pytest.mark.parametrize("family", [name for name in FAMILIES if name not in IMAGE_FAMILIES])
+def test_padding_does_not_change_the_real_tokens(family, names):
+    model = corrected(stock_model(family), names)
+    sides = ["left", "right"] if family in DECODERS or family == "modernbert" else ["right"]
+    for side in sides:
+        inputs = padded_inputs(family, side)
+        real = inputs["attention_mask"][1].bool()
+        alone = {name: value[1:, real] for name, value in inputs.items()}
+        if family == "gpt2":
+            alone["position_ids"] = torch.arange(int(real.sum()))[None]
+        with torch.no_grad():
+            padded = output_of(model, inputs)[1, real]
+            unpadded = output_of(model, alone)[0]
+        assert torch.allclose(padded, unpadded, atol=1e-5), side
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eager_equals_sdpa(family):
+    model = corrected(stock_model(family), list(GENERIC_CORRECTIONS))
+    inputs = padded_inputs(family, "left" if family in DECODERS else "right")
+    with torch.no_grad():
+        sdpa = output_of(model, inputs)
+        model.set_attn_implementation("eager")
+        assert model.config._attn_implementation == CORRECTED_PREFIX + "eager"
+        eager = output_of(model, inputs)
+    assert torch.allclose(real_rows(eager, inputs), real_rows(sdpa, inputs), atol=1e-5)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("names", CORRECTION_SETS, ids="+".join)
+@pytest.mark.parametrize("family", DECODERS)
+def test_decoding_with_a_cache_equals_a_full_forward(family, names, cache):
+    model = corrected(stock_model(family), names)
+    inputs = padded_inputs(family, "left")
+    inputs.pop("position_ids", None)
+    generated = model.generate(
+        **inputs,
+        max_new_tokens=4,
+        do_sample=False,
+        cache_implementation=cache,
+        return_dict_in_generate=True,
+        output_scores=True,
+        pad_token_id=0,
+    )
+    attention_mask = torch.cat([inputs["attention_mask"], torch.ones(2, 4, dtype=torch.long)], dim=1)
+    full = {"input_ids": generated.sequences, "attention_mask": attention_mask}
+    if family == "gpt2":
+        full["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        logits = model(**full).logits
+    assert torch.allclose(torch.stack(generated.scores, dim=1), logits[:, 6:10], atol=1e-5)
+
+
+# --- the attention site against explicit formulas ---------------------------------------------------------------
+
+
+def explicit_centered_attention(query, key, value, allowed, scale, gamma):
+    """softmax(QKᵀ·s + M)·V − γ·(mean over each query's allowed keys of V), per head; `(B, q, H, d)`."""
+    scores = (query @ key.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    context = scores.softmax(dim=-1) @ value
+    weights = allowed.float() / allowed.float().sum(dim=-1, keepdim=True)
+    return (context - gamma * (weights @ value)).transpose(1, 2)
+
+
+class FakeAttention(nn.Module):
+    """What the backends read of an attention module, with a centered correction attached."""
+
+    def __init__(self, is_causal: bool, gamma: float):
+        super().__init__()
+        self.is_causal = is_causal
+        self.num_key_value_groups = 1
+        config = hf_centered.CenteredBertConfig(hidden_size=12, num_attention_heads=3, centered_scale=gamma)
+        self.corrections = nn.ModuleDict({"centered": CORRECTIONS["centered"](config, 1)})
+
+
+@pytest.mark.parametrize("backend", ["sdpa"])
+@pytest.mark.parametrize("mask", ["causal", "window", "padding"])
+def test_centered_attention_subtracts_the_mean_over_each_querys_keys(mask, backend):
+    generator = torch.Generator().manual_seed(3)
+    query, key, value = (torch.randn(2, 3, 6, 4, generator=generator) for _ in range(3))
+    positions = torch.arange(6)
+    allowed = (
+        {
+            "causal": positions[None, :] <= positions[:, None],
+            "window": (positions[None, :] - positions[:, None]).abs() <= 1,
+            "padding": torch.ones(6, 6, dtype=torch.bool),
+        }[mask]
+        .expand(2, 1, 6, 6)
+        .clone()
+    )
+    if mask == "padding":
+        allowed[1, :, :, 4:] = False
+    module = FakeAttention(is_causal=mask == "causal", gamma=0.7).eval()
+    context = ForwardContext()
+    attention_mask = None if mask == "causal" else allowed
+    if mask == "window":
+        module.sliding_window = 1
+    output, _ = corrected_backend(backend)(
+        module, query, key, value, attention_mask, scaling=0.5, dropout=0.0, **{"hf_centered_context": context}
+    )
+    expected = explicit_centered_attention(query, key, value, allowed, 0.5, 0.7)
+    real_queries = slice(None) if mask != "padding" else slice(0, 4)
+    assert torch.allclose(output[:, real_queries], expected[:, real_queries], atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["causal", "mask"])
+def test_attended_key_mean_backward_matches_autograd_of_the_explicit_mean(form):
+    value = torch.randn(2, 3, 5, 4, requires_grad=True)
+    allowed = (torch.arange(5)[None, :] <= torch.arange(5)[:, None]).expand(2, 1, 5, 5)
+    state = CorrectionState(causal=True) if form == "causal" else CorrectionState(query_key_mask=allowed)
+    actual = attended_key_mean(value, state, 5)
+    weights = allowed.float() / allowed.float().sum(dim=-1, keepdim=True)
+    expected = weights @ value
+    grad = torch.randn_like(expected)
+    (actual_grad,) = torch.autograd.grad(actual, value, grad)
+    (expected_grad,) = torch.autograd.grad(expected, value, grad)
+    assert torch.allclose(actual, expected, atol=1e-6)
+    assert torch.allclose(actual_grad, expected_grad, atol=1e-6)
+
+
+# --- against the dedicated classes ---------------------------------------------------------------------------
+
+DEDICATED = {"bert": hf_centered.CenteredBertModel, "vit": hf_centered.CenteredViTModel}
+# The dedicated BERT layer names its output corrections `corrections` (the generic path: `output_corrections`).
+DEDICATED_NAMES = {"bert": (".output_corrections.", ".corrections."), "vit": ("", "")}
+
+
+@pytest.mark.parametrize("strength", ["fixed", "learned"])
+@pytest.mark.parametrize("names", CORRECTION_SETS, ids="+".join)
+@pytest.mark.parametrize("family", DEDICATED)
+def test_the_generic_path_computes_what_the_dedicated_class_does(family, names, strength):
+    stock = stock_model(family)
+    generic = corrected(stock, names, correction_strength=strength)
+    with torch.no_grad():
+        for name, parameter in generic.named_parameters():
+            if "strength_gate" in name:
+                parameter.copy_(torch.randn_like(parameter) * 0.01)
+    old, new = DEDICATED_NAMES[family]
+    state_dict = {name.replace(old, new) if old else name: value for name, value in generic.state_dict().items()}
+    config = DEDICATED[family].config_class(
+        **{**stock.config.to_dict(), **STRONG, "correction": names, "correction_strength": strength}
+    )
+    dedicated = DEDICATED[family](config)
+    dedicated.load_state_dict(state_dict, strict=True)
+    inputs = padded_inputs(family)
+    for training in (False, True):
+        generic.train(training), dedicated.train(training)
+        torch.manual_seed(4)
+        expected = dedicated(**inputs).last_hidden_state
+        torch.manual_seed(4)
+        actual = generic(**inputs).last_hidden_state
+        assert torch.allclose(real_rows(actual, inputs), real_rows(expected, inputs), atol=1e-6), training
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["roberta", "llama"])
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    stock = stock_model(family)
+    inputs = padded_inputs(family, "left" if family in DECODERS else "right")
+    gradients = []
+    for checkpointing in (False, True):
+        model = corrected(stock, list(GENERIC_CORRECTIONS), correction_strength="learned").train()
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "strength_gate" in name:
+                    parameter.fill_(0.003)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        torch.manual_seed(5)
+        output_of(model, inputs).square().mean().backward()
+        gradients.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():
+        assert torch.allclose(gradient, gradients[1][name], atol=1e-6), name
+
+
+def test_reentrant_checkpointing_is_refused_when_neutreno_needs_the_first_values():
+    model = corrected(stock_model("llama"), ["neutreno"]).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="use_reentrant"):
+        model(**padded_inputs("llama"))
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"correction": "centred"}, "correction="),
+        ({"centered_scale": -1.0}, "centered_scale="),
+        ({"correction_layers": [7]}, "correction_layers="),
+        ({"attention_scale": 1.0}, "attention_scale: not correction fields"),
+        ({"correction": "contranorm"}, "contranorm: not available on the generic path"),
+        ({"fusion": "gate"}, "fusion='gate': not available on the generic path"),
+    ],
+)
+def test_invalid_fields_are_refused_before_the_model_changes(fields, message):
+    model = stock_model("llama")
+    before = output_of(model, padded_inputs("llama"))
+    with pytest.raises(ValueError, match=message):
+        correct(model, **fields)
+    assert type(model) is transformers.LlamaForCausalLM
+    assert type(model.config) is transformers.LlamaConfig
+    assert model.config._attn_implementation == "sdpa"
+    assert torch.equal(output_of(model, padded_inputs("llama")), before)
+
+
+def test_a_corrected_model_is_not_corrected_twice():
+    model = correct(stock_model("gpt2"))
+    with pytest.raises(ValueError, match="corrected already"):
+        correct(model)
+
+
+def test_an_implementation_that_would_skip_the_corrections_is_refused():
+    model = correct(stock_model("llama"))
+    with pytest.raises(ValueError, match="allowed values are 'sdpa', 'eager'"):
+        model.set_attn_implementation("flex_attention")
+    model.config._attn_implementation_internal = "sdpa"  # set behind the model's back
+    with pytest.raises(ValueError, match="would skip the corrections"):
+        model(**padded_inputs("llama"))
+
+
+# --- persistence --------------------------------------------------------------------------------------------
+
+
+def moved_gates(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "strength_gate" in name:
+                parameter.fill_(0.01)
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_saved_corrected_model_loads_as_itself(tmp_path, family):
+    model = moved_gates(corrected(stock_model(family), list(GENERIC_CORRECTIONS), correction_strength="learned"))
+    model.save_pretrained(tmp_path)
+    auto_class = transformers.AutoModelForCausalLM if family in DECODERS else transformers.AutoModel
+    loaded = auto_class.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    assert loaded.config.correction == list(GENERIC_CORRECTIONS)
+    assert loaded.config._attn_implementation == CORRECTED_PREFIX + "sdpa"
+    inputs = padded_inputs(family)
+    with torch.no_grad():
+        assert torch.equal(real_rows(output_of(loaded, inputs), inputs), real_rows(output_of(model, inputs), inputs))
+
+
+def test_from_pretrained_corrects_a_stock_checkpoint_and_reloads_a_corrected_one(tmp_path):
+    stock_model("roberta").save_pretrained(tmp_path / "stock")
+    model = hf_centered.from_pretrained(
+        transformers.AutoModelForSequenceClassification,
+        tmp_path / "stock",
+        correction="neutreno",
+        neutreno_lambda=0.3,
+        num_labels=3,
+    )
+    assert type(model).__name__ == "RobertaForSequenceClassification"
+    assert (model.config.correction, model.config.neutreno_lambda, model.num_labels) == ("neutreno", 0.3, 3)
+    model.save_pretrained(tmp_path / "corrected")
+    reloaded = hf_centered.from_pretrained(
+        transformers.AutoModelForSequenceClassification, tmp_path / "corrected", neutreno_lambda=0.5
+    )
+    assert (reloaded.config.correction, reloaded.config.neutreno_lambda) == ("neutreno", 0.5)
+    with pytest.raises(ValueError, match="neutreno_lambda="):
+        # a stock checkpoint with an invalid field: refused before loading
+        hf_centered.from_pretrained(
+            transformers.AutoModel, tmp_path / "stock", correction="neutreno", neutreno_lambda=-1
+        )
+
+
+def test_a_fresh_process_that_imports_the_package_loads_the_corrected_model(tmp_path):
+    model = moved_gates(corrected(stock_model("llama"), ["centered", "neutreno"], correction_strength="learned"))
+    model.save_pretrained(tmp_path / "model")
+    input_ids = torch.randint(3, 90, (2, 6), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.save({"input_ids": input_ids, "logits": model(input_ids).logits}, tmp_path / "expected.pt")
+    script = f"""
+import torch, transformers, hf_centered
+model = transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r})
+expected = torch.load({str(tmp_path / "expected.pt")!r})
+assert type(model).__module__ == "hf_centered.modeling_generic", type(model)
+with torch.no_grad():
+    assert torch.equal(model(expected["input_ids"]).logits, expected["logits"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
