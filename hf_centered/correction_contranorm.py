@@ -16,6 +16,10 @@ paper's default ``--pos 7``); ViT, in front of each block's two norms and, when 
 final norm, keeping the pretrained norms' weights. :math:`SX` is computed with fused
 `scaled_dot_product_attention` as one head of width d, so no n×n tensor is kept for backward.
 
+On a causal model (a decoder, through the generic path of `modeling_generic`) :math:`S` is causal as well: each
+token is compared with itself and the earlier tokens only (:math:`M_{ij} = -\infty` for :math:`j > i`), so that no
+token reads a later one.
+
 Arguments ↔ symbols: `config.contranorm_scale` = s (0 = identity), `config.contranorm_tau` = τ (> 0); with
 `config.correction_strength="learned"`, s·g with one gate g per instance (per layer; the ViT's final norm has its
 own), starting at 0.
@@ -52,6 +56,13 @@ class ContraNorm(Correction):
             # A row without real tokens would softmax over nothing; let it attend everywhere (its output is unused).
             mask = state.padding_mask | ~state.padding_mask.any(dim=-1, keepdim=True)
             key_mask = mask[:, None, None, :]
+        if state.causal:
+            # Each token is compared with itself and the earlier tokens. A query keeps itself even when padded (left
+            # padding: no real token before it), so that its row is never empty (its output is unused).
+            num_tokens = hidden.shape[1]
+            earlier = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=hidden.device).tril()
+            itself = torch.eye(num_tokens, dtype=torch.bool, device=hidden.device)
+            key_mask = earlier if key_mask is None else (key_mask & earlier) | itself
         similar_mean = F.scaled_dot_product_attention(
             directions, directions, tokens, attn_mask=key_mask, scale=1 / float(self.config.contranorm_tau)
         )
