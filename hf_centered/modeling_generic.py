@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 import sys
 
 import torch
@@ -42,8 +43,16 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .configuration_centered import CorrectionConfigMixin
-from .correction_base import ATTENTION_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState, allowed_keys
+from .correction_base import (
+    ATTENTION_SITE,
+    BEFORE_NORM_SITE,
+    LAYER_OUTPUT_SITE,
+    Correction,
+    CorrectionState,
+    allowed_keys,
+)
 from .corrections import CORRECTIONS, build_corrections, needs_first_values
+from .fusion import LayerFusion, build_fusion
 from .modeling_common import (
     CenteredPreTrainedMixin,
     apply_corrections,
@@ -77,9 +86,9 @@ AUTO_MODEL_CLASSES = tuple(
         "AutoModelForNextSentencePrediction",
     )
 )
-SUPPORTED_SITES = (ATTENTION_SITE, LAYER_OUTPUT_SITE)
+SUPPORTED_SITES = (ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE)
 GENERIC_CORRECTIONS = tuple(name for name, cls in CORRECTIONS.items() if cls.site in SUPPORTED_SITES)
-"""The corrections available on the generic path (ContraNorm's site before the norms is not generic yet)."""
+"""The corrections available on the generic path."""
 CORRECTION_FIELDS = tuple(field.name for field in dataclasses.fields(CorrectionConfigMixin))
 
 
@@ -93,11 +102,13 @@ class ForwardContext:
         attention_mask: the mask the base model was called with: `(B, past + n)` padding, a prepared 4-D mask (a
             static cache's spans its every slot), a dict of them per attention type, or None.
         first_values: layer 0's values of this forward's tokens, `(B, H_kv, n, d_h)` (NeuTRENO's V⁰).
+        layer_outputs: under a fusion, each layer's output in order, for the fusion after the last layer.
     """
 
     past_length: int = 0
     attention_mask: torch.Tensor | None = None
     first_values: torch.Tensor | None = None
+    layer_outputs: list[torch.Tensor] = dataclasses.field(default_factory=list)
 
     def padding_mask(self, num_tokens: int) -> torch.Tensor | None:
         """`(B, n)` bool, True at this forward's real tokens, or None (no mask). A prepared 4-D mask (or a dict of
@@ -278,19 +289,111 @@ def attention_module(layer: nn.Module) -> nn.Module:
 
 
 class CorrectedLayerMixin:
-    """A layer with `output_corrections` applied to its output (the first element where it returns a tuple)."""
+    """A layer with `output_corrections` applied to its output (the first element where it returns a tuple), and
+    `norm_corrections` applied to the input of its hooked norms (see `correct_norm_input`).
+
+    The forward context is held in `active_context` while the layer runs, for the norms' hooks: it is set again when
+    gradient checkpointing recomputes the layer, which calls this `forward` with the same arguments.
+    """
+
+    active_context: ForwardContext | None = None
+    keeps_output = False  # under a fusion, with `layer_index`
+    layer_index = 0
 
     def forward(self, *args, **kwargs):
-        output = super().forward(*args, **kwargs)
-        if not self.output_corrections:
-            return output
         context: ForwardContext | None = kwargs.get(CONTEXT_KWARG)
-        if context is None:
+        if context is None and (self.output_corrections or self.norm_corrections or self.keeps_output):
             raise RuntimeError(f"{type(self).__name__} was called without the corrected model's forward context.")
+        self.active_context = context
+        try:
+            output = super().forward(*args, **kwargs)
+        finally:
+            self.active_context = None
         hidden_states = output[0] if isinstance(output, tuple) else output
-        state = CorrectionState(padding_mask=context.padding_mask(hidden_states.shape[1]))
-        hidden_states = apply_corrections(self.output_corrections, hidden_states, state)
-        return (hidden_states, *output[1:]) if isinstance(output, tuple) else hidden_states
+        if self.output_corrections:
+            state = CorrectionState(padding_mask=context.padding_mask(hidden_states.shape[1]))
+            hidden_states = apply_corrections(self.output_corrections, hidden_states, state)
+            output = (hidden_states, *output[1:]) if isinstance(output, tuple) else hidden_states
+        # Under a fusion each output is kept for it, once: a recomputation by gradient checkpointing calls this forward
+        # again and must not append it a second time (the fusion itself runs outside the checkpointed layers).
+        if self.keeps_output and len(context.layer_outputs) == self.layer_index:
+            context.layer_outputs.append(hidden_states)
+        return output
+
+
+# --- before-norm site ---------------------------------------------------------------------------------------
+
+
+def is_norm(module: nn.Module, hidden_size: int) -> bool:
+    """A LayerNorm or RMSNorm over the hidden features (by class name: each family defines its own RMSNorm)."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__.endswith("Norm")
+        and isinstance(weight, torch.Tensor)
+        and tuple(weight.shape) == (hidden_size,)
+    )
+
+
+def final_norm(base_model: nn.Module) -> nn.Module | None:
+    """The norm the base model applies after its layers (a direct child), which makes it a pre-LN model; None for a
+    post-LN model (BERT and its kin), whose layers end with their own norm."""
+    hidden_size = base_model.config.hidden_size
+    norms = [module for module in base_model.children() if is_norm(module, hidden_size)]
+    return norms[-1] if norms else None
+
+
+def hooked_norms(layer: nn.Module, hidden_size: int, pre_norm: bool) -> list[nn.Module]:
+    """The norms before which ContraNorm acts in `layer`, as in the reference code: in a pre-LN model every norm of
+    the layer (DeiT's ViT), in a post-LN model the post-attention norm, the layer's first (BERT's ``--pos 7``)."""
+    norms = [module for module in layer.modules() if is_norm(module, hidden_size)]
+    return norms if pre_norm else norms[:1]
+
+
+def norm_state(hidden: torch.Tensor, context: ForwardContext, causal: bool) -> CorrectionState:
+    return CorrectionState(padding_mask=context.padding_mask(hidden.shape[1]), causal=causal)
+
+
+def correct_norm_input(norm: nn.Module, args: tuple, layer: nn.Module):
+    """Forward pre-hook of a norm inside `layer`: its input through the layer's `norm_corrections`."""
+    hidden = args[0]
+    state = norm_state(hidden, layer.active_context, layer.causal_attention)
+    return (apply_corrections(layer.norm_corrections, hidden, state), *args[1:])
+
+
+def correct_final_norm_input(norm: nn.Module, args: tuple, base_model: nn.Module):
+    """Forward pre-hook of the final norm: its input through `final_norm_corrections`. The final norm runs in the
+    base model's forward outside the checkpointed layers, so the context its pre-hook stored is this forward's."""
+    hidden = args[0]
+    state = norm_state(hidden, base_model.active_context, base_model.causal_attention)
+    return (apply_corrections(base_model.final_norm_corrections, hidden, state), *args[1:])
+
+
+# --- fusion -----------------------------------------------------------------------------------------------
+
+
+def fuse_at_final_norm(
+    norm: nn.Module, args: tuple, output: torch.Tensor, base_model: nn.Module, fusion: LayerFusion
+) -> torch.Tensor:
+    """Forward hook of a pre-LN model's final norm: the fusion of every layer's output, each through the final norm
+    (and its corrections), as in the corrected ViT; the last one is this call's own output."""
+    state = norm_state(output, base_model.active_context, base_model.causal_attention)
+    earlier = (
+        type(norm).forward(norm, apply_corrections(base_model.final_norm_corrections, hidden, state))
+        for hidden in base_model.active_context.layer_outputs[:-1]
+    )
+    return fusion(itertools.chain(earlier, [output]))
+
+
+def fuse_at_stack_output(
+    stack_owner: nn.Module, args: tuple, kwargs: dict, output, base_model: nn.Module, fusion: LayerFusion
+):
+    """Forward hook of the module that runs a post-LN model's layers: its `last_hidden_state` (or first element)
+    becomes the fusion of every layer's output, before a pooler or head reads it."""
+    fused = fusion(base_model.active_context.layer_outputs)
+    if isinstance(output, tuple):
+        return (fused, *output[1:])
+    output["last_hidden_state"] = fused  # a ModelOutput keeps its fields as attributes and items alike
+    return output
 
 
 # --- classes --------------------------------------------------------------------------------------------------
@@ -365,7 +468,7 @@ class CorrectedModelMixin(CenteredPreTrainedMixin):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, Correction):
+        if isinstance(module, (Correction, LayerFusion)):
             module.reset_parameters()
 
     def set_attn_implementation(self, attn_implementation, *args, **kwargs):
@@ -397,14 +500,41 @@ def install_corrections(model: nn.Module) -> None:
     def placed(corrections: nn.ModuleDict, owner: nn.Module) -> nn.ModuleDict:
         return corrections.to(**placement).train(owner.training)
 
+    base_model = model.base_model
+    last_norm = final_norm(base_model)
+    causal = False
     for layer_idx, layer in enumerate(layers):
         attention = attention_module(layer)
+        causal = bool(getattr(attention, "is_causal", False))
         attention.corrections = placed(build_corrections(config, layer_idx, ATTENTION_SITE), attention)
         attention.provides_first_values = layer_idx == 0 and needs_first_values(config)
         layer.__class__ = corrected_layer_class(type(layer))
         layer.output_corrections = placed(build_corrections(config, layer_idx, LAYER_OUTPUT_SITE), layer)
+        layer.norm_corrections = placed(build_corrections(config, layer_idx, BEFORE_NORM_SITE), layer)
+        layer.causal_attention = causal
+        if layer.norm_corrections:
+            for norm in hooked_norms(layer, config.hidden_size, pre_norm=last_norm is not None):
+                norm.register_forward_pre_hook(functools.partial(correct_norm_input, layer=layer))
+    base_model.causal_attention = causal
+    # As in the corrected ViT: the final norm is corrected when the last layer is, with its own strength.
+    final_corrections = build_corrections(config, config.num_hidden_layers - 1, BEFORE_NORM_SITE)
+    base_model.final_norm_corrections = placed(final_corrections if last_norm else nn.ModuleDict(), base_model)
+    if base_model.final_norm_corrections:
+        last_norm.register_forward_pre_hook(functools.partial(correct_final_norm_input, base_model=base_model))
+    # The fusion belongs to the module that runs the layers, as in the corrected BERT (its encoder) and ViT (the model).
+    owner = next(module for module in base_model.modules() if any(child is layers for child in module.children()))
+    owner.fusion = build_fusion(config)
+    if owner.fusion is not None:
+        owner.fusion.to(**placement).train(owner.training)
+        for layer_index, layer in enumerate(layers):
+            layer.keeps_output, layer.layer_index = True, layer_index
+        if last_norm is not None:
+            hook = functools.partial(fuse_at_final_norm, base_model=base_model, fusion=owner.fusion)
+            last_norm.register_forward_hook(hook)
+        else:
+            hook = functools.partial(fuse_at_stack_output, base_model=base_model, fusion=owner.fusion)
+            owner.register_forward_hook(hook, with_kwargs=True)
     model.config._attn_implementation_internal = corrected_implementation(config._attn_implementation)
-    base_model = model.base_model
     if not getattr(base_model, "has_correction_context_hook", False):
         base_model.register_forward_pre_hook(functools.partial(inject_context, model=model), with_kwargs=True)
         base_model.has_correction_context_hook = True
@@ -425,11 +555,19 @@ def inject_context(base_model: nn.Module, args: tuple, kwargs: dict, model: nn.M
     cache = bound.get("past_key_values")
     # A static cache counts in a tensor that its update advances in place: the count before this forward is copied.
     past_length = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
-    kwargs = {
-        **kwargs,
-        CONTEXT_KWARG: ForwardContext(past_length=past_length, attention_mask=bound.get("attention_mask")),
-    }
-    return args, kwargs
+    if past_length and base_model.causal_attention and needs_every_token(config):
+        raise ValueError(
+            "ContraNorm compares each token with every earlier one in every layer, which a KV cache does not keep; "
+            "allowed: generate(..., use_cache=False), or a model without ContraNorm."
+        )
+    context = ForwardContext(past_length=past_length, attention_mask=bound.get("attention_mask"))
+    base_model.active_context = context
+    return args, {**kwargs, CONTEXT_KWARG: context}
+
+
+def needs_every_token(config) -> bool:
+    """Whether a correction of `config` reads the hidden states of every token of the sequence (ContraNorm)."""
+    return any(CORRECTIONS[name].site == BEFORE_NORM_SITE for name in config.corrections)
 
 
 def check_not_reentrant(model: nn.Module) -> None:
@@ -476,13 +614,6 @@ def correct(model: nn.Module, correction: str | list[str] = "centered", **fields
     defaults = {field.name: field.default for field in dataclasses.fields(CorrectionConfigMixin)}
     candidate.__dict__.update({**defaults, "correction": correction, **fields})
     candidate.validate_corrections()
-    unsupported = [name for name in candidate.corrections if CORRECTIONS[name].site not in SUPPORTED_SITES]
-    if unsupported or candidate.has_fusion:
-        named = ", ".join(unsupported + ([f"fusion={candidate.fusion!r}"] if candidate.has_fusion else []))
-        raise ValueError(
-            f"{named}: not available on the generic path yet; allowed there: corrections "
-            f"{', '.join(GENERIC_CORRECTIONS)} and fusion='none'."
-        )
     model_class = corrected_model_class(type(model))
     register_corrected_models(config_class)
     config = model.config
@@ -491,7 +622,7 @@ def correct(model: nn.Module, correction: str | list[str] = "centered", **fields
     model.__class__ = model_class
     install_corrections(model)
     for module in model.modules():
-        if isinstance(module, Correction):
+        if isinstance(module, (Correction, LayerFusion)):
             module.reset_parameters()
     model.built_structure = config.structure()
     return model

@@ -62,6 +62,7 @@ DECODERS = ("llama", "qwen2", "gpt2")
 ENCODERS = tuple(name for name in FAMILIES if name not in IMAGE_FAMILIES + DECODERS)
 TOKEN_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
 CORRECTION_SETS = [[name] for name in GENERIC_CORRECTIONS] + [list(GENERIC_CORRECTIONS)]
+FUSIONS = [name for name in hf_centered.available_fusions() if name != "none"]
 ZERO_STRENGTH = {cls.strength_field: 0.0 for cls in CORRECTIONS.values()}
 
 
@@ -120,12 +121,13 @@ def test_zero_strength_equals_stock_and_a_strength_changes_the_outputs(family, n
     assert (real_rows(strong, inputs) - real_rows(expected, inputs)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("fusion", ["none", *FUSIONS])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_learned_strengths_start_as_the_stock_model(family, training):
+def test_learned_strengths_start_as_the_stock_model(family, training, fusion):
     stock = stock_model(family, attention_probs_dropout_prob=0.0) if family in ("bert", "roberta", "electra") else None
     stock = stock or stock_model(family)
-    model = corrected(stock, list(GENERIC_CORRECTIONS), correction_strength="learned")
+    model = corrected(stock, list(GENERIC_CORRECTIONS), correction_strength="learned", fusion=fusion)
     inputs = padded_inputs(family)
     stock.train(training), model.train(training)
     torch.manual_seed(2)
@@ -135,10 +137,12 @@ def test_learned_strengths_start_as_the_stock_model(family, training):
     assert torch.allclose(real_rows(actual, inputs), real_rows(expected, inputs), atol=1e-6)
 
 
-@pytest.mark.parametrize("names", CORRECTION_SETS, ids="+".join)
+@pytest.mark.parametrize(
+    ("names", "fusion"), [(names, "none") for names in CORRECTION_SETS] + [(["dgn"], name) for name in FUSIONS]
+)
 @pytest.mark.parametrize("family", [name for name in FAMILIES if name not in IMAGE_FAMILIES])
-def test_padding_does_not_change_the_real_tokens(family, names):
-    model = corrected(stock_model(family), names)
+def test_padding_does_not_change_the_real_tokens(family, names, fusion):
+    model = corrected(stock_model(family), names, fusion=fusion)
     sides = ["left", "right"] if family in DECODERS or family == "modernbert" else ["right"]
     for side in sides:
         inputs = padded_inputs(family, side)
@@ -165,10 +169,12 @@ def test_eager_equals_sdpa(family):
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
-@pytest.mark.parametrize("names", CORRECTION_SETS, ids="+".join)
+@pytest.mark.parametrize(
+    ("names", "fusion"), [(names, "none") for names in CORRECTION_SETS] + [(["centered"], name) for name in FUSIONS]
+)
 @pytest.mark.parametrize("family", DECODERS)
-def test_decoding_with_a_cache_equals_a_full_forward(family, names, cache):
-    model = corrected(stock_model(family), names)
+def test_decoding_with_a_cache_equals_a_full_forward(family, names, fusion, cache):
+    model = corrected(stock_model(family), names, fusion=fusion)
     inputs = padded_inputs(family, "left")
     inputs.pop("position_ids", None)
     options = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_scores=True, pad_token_id=0)
@@ -268,11 +274,14 @@ DEDICATED_NAMES = {
 
 
 @pytest.mark.parametrize("strength", ["fixed", "learned"])
-@pytest.mark.parametrize("names", CORRECTION_SETS, ids="+".join)
+@pytest.mark.parametrize(
+    ("names", "fusion"),
+    [(names, "none") for names in CORRECTION_SETS] + [(list(GENERIC_CORRECTIONS), name) for name in FUSIONS],
+)
 @pytest.mark.parametrize("family", DEDICATED)
-def test_the_generic_path_computes_what_the_dedicated_class_does(family, names, strength):
+def test_the_generic_path_computes_what_the_dedicated_class_does(family, names, fusion, strength):
     stock = stock_model(family)
-    generic = corrected(stock, names, correction_strength=strength)
+    generic = corrected(stock, names, correction_strength=strength, fusion=fusion)
     with torch.no_grad():
         for name, parameter in generic.named_parameters():
             if "strength_gate" in name:
@@ -283,7 +292,7 @@ def test_the_generic_path_computes_what_the_dedicated_class_does(family, names, 
             name = name.replace(generic_name, dedicated_name)
         state_dict[name] = value
     config = DEDICATED[family].config_class(
-        **{**stock.config.to_dict(), **STRONG, "correction": names, "correction_strength": strength}
+        **{**stock.config.to_dict(), **STRONG, "correction": names, "correction_strength": strength, "fusion": fusion}
     )
     dedicated = DEDICATED[family](config)
     dedicated.load_state_dict(state_dict, strict=True)
@@ -338,7 +347,7 @@ def test_reentrant_checkpointing_is_refused_when_neutreno_needs_the_first_values
         ({"centered_scale": -1.0}, "centered_scale="),
         ({"correction_layers": [7]}, "correction_layers="),
         ({"attention_scale": 1.0}, "attention_scale: not correction fields"),
-        ({"fusion": "gate"}, "fusion='gate': not available on the generic path"),
+        ({"fusion": "sum"}, "fusion="),
     ],
 )
 def test_invalid_fields_are_refused_before_the_model_changes(fields, message):
