@@ -12,7 +12,7 @@ from .configuration_centered import CenteredBertConfig, CenteredViTConfig
 from .correction_base import Correction
 from .fusion import LayerFusion
 from .image_processing_centered_vit import CenteredViTImageProcessor
-from .modeling_common import complete_auto_map
+from .modeling_common import CenteredPreTrainedMixin, complete_auto_map
 
 AUTO_CLASSES = {
     config_class: {getattr(transformers, auto): model for auto, model in modeling.AUTO_MODEL_CLASSES.items()}
@@ -22,7 +22,6 @@ AUTO_CLASSES = {
     )
 }
 """`{config class: {Auto class: model class}}`, from each modelling file's `AUTO_MODEL_CLASSES`."""
-CONFIG_CLASSES = {config_class.model_type: config_class for config_class in AUTO_CLASSES}
 
 
 def register_auto_classes() -> None:
@@ -84,15 +83,21 @@ def peft_modules_to_save(model: nn.Module) -> list[str]:
     )
 
 
-def full_auto_map(model_type: str) -> dict[str, str]:
-    """`auto_map` naming AutoConfig, AutoModel and every head, so each Auto class loads an exported folder."""
-    config_class = CONFIG_CLASSES[model_type]
-    return complete_auto_map(config_class, {auto.__name__: model for auto, model in AUTO_CLASSES[config_class].items()})
+def is_hf_centered_model(model) -> bool:
+    """Whether `model` is one of the corrected models: a `CenteredBert*`/`CenteredViT*` or one that `correct` made."""
+    return isinstance(model, CenteredPreTrainedMixin)
+
+
+def full_auto_map(model) -> dict[str, str]:
+    """`auto_map` naming AutoConfig, AutoModel and every head of `model`'s family, so each Auto class loads an
+    exported folder."""
+    return complete_auto_map(type(model.config), type(model).auto_model_classes())
 
 
 def auto_class_name(model) -> str:
     """Name of the Auto class that loads `model`'s class (e.g. `AutoModelForSequenceClassification`)."""
-    for auto_class, model_class in AUTO_CLASSES[CONFIG_CLASSES[model.config.model_type]].items():
-        if type(model) is model_class:
-            return auto_class.__name__
-    raise ValueError(f"{type(model).__name__} is not one of the registered hf_centered models.")
+    if is_hf_centered_model(model):
+        for auto_name, model_class in type(model).auto_model_classes().items():
+            if type(model) is model_class:
+                return auto_name
+    raise ValueError(f"{type(model).__name__} is not one of the hf_centered models.")

@@ -15,7 +15,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
 
-from .auto import CONFIG_CLASSES, auto_class_name, full_auto_map
+from .auto import auto_class_name, full_auto_map, is_hf_centered_model
 from .corrections import CORRECTIONS
 from .diagnostics import oversmoothing_profile, plot_profiles
 from .fusion import FUSIONS
@@ -78,6 +78,7 @@ SAME_BASE_MODEL_FIELDS = (
 )
 PIPELINE_TAGS = {
     "AutoModel": "feature-extraction",
+    "AutoModelForCausalLM": "text-generation",
     "AutoModelForSequenceClassification": "text-classification",
     "AutoModelForTokenClassification": "token-classification",
     "AutoModelForMaskedLM": "fill-mask",
@@ -138,11 +139,11 @@ def export_for_hub(
         sentence-transformers source also its modules' files.
     """
     model_type = getattr(model.config, "model_type", None)
-    if model_type not in CONFIG_CLASSES:
+    if not is_hf_centered_model(model):
         raise ValueError(
-            f"export_for_hub expects an hf_centered model (model_type in {sorted(CONFIG_CLASSES)}), got "
-            f"{type(model).__name__} with model_type={model_type!r}; load the checkpoint into a CenteredBert*/"
-            "CenteredViT* class first (e.g. CenteredBertForSequenceClassification.from_pretrained(path))."
+            f"export_for_hub expects an hf_centered model, got {type(model).__name__} with model_type={model_type!r}; "
+            "correct it first (hf_centered.correct(model, ...), or a CenteredBert*/CenteredViT* class, e.g. "
+            "CenteredBertForSequenceClassification.from_pretrained(path))."
         )
     unknown = sorted(set(card_fields) - set(CARD_FIELDS))
     if unknown:
@@ -167,7 +168,7 @@ def export_for_hub(
     if profile is None and profile_inputs is not None:
         profile = oversmoothing_profile(model, profile_inputs, progress=False)
 
-    model.config.auto_map = full_auto_map(model_type)
+    model.config.auto_map = full_auto_map(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Written apart first, so that exactly this export's files are known and a failure leaves the earlier one whole.
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))

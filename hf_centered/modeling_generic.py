@@ -36,7 +36,7 @@ import sys
 import torch
 import transformers
 from torch import nn
-from transformers import AttentionInterface, AttentionMaskInterface, AutoConfig
+from transformers import AttentionInterface, AttentionMaskInterface, AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import eager_mask, sdpa_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -400,10 +400,24 @@ def fuse_at_stack_output(
 
 
 def _subclass(mixin: type, stock_class: type, namespace: dict | None = None) -> type:
-    """A subclass of `stock_class` with the same name, defined in this module (where pickle finds it)."""
+    """A subclass of `stock_class` with the same name, defined in this module (where pickle, and the `auto_map` of a
+    saved folder, find it by that name)."""
     name = stock_class.__name__
     cls = type(name, (mixin, stock_class), {"__module__": __name__, "__qualname__": name, **(namespace or {})})
+    globals()[name] = cls
     return cls
+
+
+def __getattr__(name: str) -> type:
+    """`modeling_generic.<stock class name>`: the corrected configuration or model class of that stock class, built on
+    first use. This is how the `auto_map` of a saved corrected model names its classes, so that the folder loads with
+    `trust_remote_code=True` where this package is absent (this file and its siblings are copied into it)."""
+    stock_class = None if name.startswith("_") else getattr(transformers, name, None)
+    if isinstance(stock_class, type) and issubclass(stock_class, PretrainedConfig):
+        return corrected_config_class(stock_class)
+    if isinstance(stock_class, type) and issubclass(stock_class, PreTrainedModel) and stock_class.config_class:
+        return corrected_model_class(stock_class)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CorrectedConfigMixin(CorrectionConfigMixin):
@@ -436,10 +450,23 @@ def corrected_config_class(stock_config_class: type) -> type:
 def register_corrected_models(config_class: type) -> None:
     """Registers, for every Auto model class that maps the stock configuration to a model, the corrected subclass of
     that model for `config_class`."""
+    config_class.register_for_auto_class()
+    for auto_name, model_class in stock_heads(config_class.stock_config_class).items():
+        model_class = corrected_model_class(model_class)
+        getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
+        # Saved folders then carry this file and its siblings, with every head in `auto_map` (see
+        # `CenteredPreTrainedMixin.save_pretrained`): they load with `trust_remote_code=True` without the package.
+        model_class.register_for_auto_class(auto_name)
+
+
+def stock_heads(stock_config_class: type) -> dict[str, type]:
+    """`{Auto class name: stock model class}` of every Auto class that maps `stock_config_class` to a model."""
+    heads = {}
     for auto_class in AUTO_MODEL_CLASSES:
-        stock_model_class = auto_class._model_mapping.get(config_class.stock_config_class, None)
-        if isinstance(stock_model_class, type):
-            auto_class.register(config_class, corrected_model_class(stock_model_class), exist_ok=True)
+        model_class = auto_class._model_mapping.get(stock_config_class, None)
+        if isinstance(model_class, type):
+            heads[auto_class.__name__] = model_class
+    return heads
 
 
 @functools.cache
@@ -463,7 +490,10 @@ class CorrectedModelMixin(CenteredPreTrainedMixin):
 
     @classmethod
     def auto_model_classes(cls) -> dict[str, type]:
-        return {}
+        stock_config_class = cls.config_class.stock_config_class
+        return {
+            name: corrected_model_class(model_class) for name, model_class in stock_heads(stock_config_class).items()
+        }
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -516,6 +546,11 @@ def install_corrections(model: nn.Module) -> None:
             for norm in hooked_norms(layer, config.hidden_size, pre_norm=last_norm is not None):
                 norm.register_forward_pre_hook(functools.partial(correct_norm_input, layer=layer))
     base_model.causal_attention = causal
+    if causal and needs_every_token(config):
+        # ContraNorm cannot continue from a KV cache: generation recomputes the whole sequence at each step instead.
+        config.use_cache = False
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.use_cache = False
     # As in the corrected ViT: the final norm is corrected when the last layer is, with its own strength.
     final_corrections = build_corrections(config, config.num_hidden_layers - 1, BEFORE_NORM_SITE)
     base_model.final_norm_corrections = placed(final_corrections if last_norm else nn.ModuleDict(), base_model)

@@ -460,3 +460,72 @@ def test_every_export_option_is_explained():
     export = subparsers.choices["export"]
     unexplained = [action.dest for action in export._actions if not action.help]
     assert not unexplained
+
+
+LOAD_CORRECTED_WITHOUT_PACKAGE = """
+    import json, torch
+    import transformers
+    folder, auto_class = sys.argv[1], sys.argv[2]
+    model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True).eval()
+    assert "hf_centered" not in type(model).__module__, type(model).__module__
+    inputs = torch.load(folder + "/../inputs.pt")
+    with torch.no_grad():
+        outputs = {"logits": model(**inputs).logits}
+        if auto_class == "AutoModelForCausalLM":
+            outputs["generated"] = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    torch.save(outputs, folder + "/../remote_outputs.pt")
+    # A stock model saved in the same process must stay stock: the remote code registers nothing for it.
+    stock = transformers.AutoModel.from_config(transformers.BertConfig(hidden_size=8, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=8, vocab_size=20))
+    stock.save_pretrained(folder + "/../stock")
+    stock_config = json.load(open(folder + "/../stock/config.json"))
+    print(json.dumps({"class": type(model).__name__, "attention": model.config._attn_implementation,
+                      "stock_auto_map": stock_config.get("auto_map"), "stock_type": stock_config["model_type"]}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("family", "auto_class"),
+    [
+        ("roberta", "AutoModelForSequenceClassification"),
+        ("llama", "AutoModelForCausalLM"),
+        ("dinov2", "AutoModelForImageClassification"),
+    ],
+)
+def test_a_generically_corrected_export_reloads_without_the_package(tmp_path, family, auto_class):
+    import transformers
+    from test_modeling_generic import family_config, padded_inputs
+
+    import hf_centered
+
+    torch.manual_seed(0)
+    stock = getattr(transformers, auto_class).from_config(family_config(family)).eval()
+    model = hf_centered.correct(
+        stock, correction=["centered", "neutreno", "contranorm", "dgn"], fusion="gate", correction_strength="learned"
+    )
+    _move_learned_gates(model)
+    inputs = padded_inputs(family, "left" if family == "llama" else "right")
+    folder = export_for_hub(model, tmp_path / "export", dataset="unit-test")
+    torch.save(inputs, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = {"logits": model(**inputs).logits}
+        if family == "llama":  # ContraNorm needs every earlier token: generation without a KV cache
+            expected["generated"] = model.generate(**inputs, max_new_tokens=3, do_sample=False, pad_token_id=0)
+
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == f"modeling_generic.{type(stock.config).__name__}"
+    assert auto_map[auto_class] == f"modeling_generic.{type(model).__name__}"
+    card = ModelCard.load(folder / "README.md")
+    assert "contranorm-correction" in card.data.tags and "gate-fusion" in card.data.tags
+
+    loaded = run_without_the_package(tmp_path, LOAD_CORRECTED_WITHOUT_PACKAGE, str(folder), auto_class)
+    assert loaded == {
+        "class": type(model).__name__,
+        "attention": "hf_centered_sdpa",
+        "stock_auto_map": None,
+        "stock_type": "bert",
+    }
+    remote = torch.load(tmp_path / "remote_outputs.pt")
+    assert remote.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(remote[name], value), name

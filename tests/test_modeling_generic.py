@@ -179,9 +179,9 @@ def test_decoding_with_a_cache_equals_a_full_forward(family, names, fusion, cach
     inputs.pop("position_ids", None)
     options = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_scores=True, pad_token_id=0)
     if "contranorm" in names:  # it compares every token with the earlier ones, which a cache does not keep
+        assert model.generation_config.use_cache is False
         with pytest.raises(ValueError, match="use_cache=False"):
-            model.generate(**inputs, **options, cache_implementation=cache)
-        options["use_cache"] = False
+            model.generate(**inputs, **options, use_cache=True, cache_implementation=cache)
     else:
         options["cache_implementation"] = cache
     generated = model.generate(**inputs, **options)
