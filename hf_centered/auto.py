@@ -13,6 +13,7 @@ from .correction_base import Correction
 from .fusion import LayerFusion
 from .image_processing_centered_vit import CenteredViTImageProcessor
 from .modeling_common import CenteredPreTrainedMixin, complete_auto_map
+from .modeling_generic import GENERIC_FAMILIES
 
 AUTO_CLASSES = {
     config_class: {getattr(transformers, auto): model for auto, model in modeling.AUTO_MODEL_CLASSES.items()}
@@ -50,8 +51,9 @@ BERT_TO_VIT_MODULE_NAMES = {
 
 
 def register_peft_target_modules() -> None:
-    """Gives `centered_bert` and `centered_vit` every PEFT default target-module mapping that `bert` has, so that
-    LoRA, IA3 and the other tuners work without `target_modules`; idempotent, and a no-op without PEFT.
+    """Gives `centered_bert` and `centered_vit` every PEFT default target-module mapping that `bert` has, and each
+    `corrected_<family>` of the generic path its family's, so that LoRA, IA3 and the other tuners work without
+    `target_modules`; idempotent, and a no-op without PEFT.
 
     PEFT keys its defaults by `model_type` in module-level dicts, which its tuners read when an adapter is created.
     """
@@ -60,7 +62,12 @@ def register_peft_target_modules() -> None:
     except ImportError:
         return
     for name, mapping in vars(constants).items():
-        if not (name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(mapping, dict) and "bert" in mapping):
+        if not (name.startswith("TRANSFORMERS_MODELS_TO_") and isinstance(mapping, dict)):
+            continue
+        for family in GENERIC_FAMILIES:  # the generic path's corrected families keep their stock family's targets
+            if family in mapping:
+                mapping.setdefault(f"corrected_{family}", mapping[family])
+        if "bert" not in mapping:
             continue
         bert_targets = mapping["bert"]
         mapping.setdefault(CenteredBertConfig.model_type, bert_targets)

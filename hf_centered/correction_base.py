@@ -39,8 +39,11 @@ class CorrectionState:
             the tokens; `None` when every key may be attended to, or when the keys are the tokens (then
             `padding_mask` says which).
         query_key_mask: the attention mask, `(B or 1, 1 or H, q, k)` (boolean, True = may attend, or additive),
-            when the keys a query may attend to differ between queries (causal or local attention, a KV cache);
-            `None` when they are the same for every query (`key_mask`, or `causal`, says which).
+            when the keys a query may attend to differ between queries and form no band (`key_bounds`); `None`
+            otherwise.
+        key_bounds: `(first, last)`, each `(B, q)`: query i may attend to the keys `first[:, i]..last[:, i]` of
+            `key_mask` (a causal mask, a sliding or local window, a KV cache's filled slots), when the keys differ
+            between queries; `None` when they do not, or when `causal` or `query_key_mask` says which.
         causal: no mask, and query i may attend to keys 0..i (SDPA's causal mode, which aligns the queries with
             the first keys).
         tokens_start: where the tokens' own keys start among the k keys: `None` for the last n (prefix tuning's
@@ -51,6 +54,7 @@ class CorrectionState:
     first_values: torch.Tensor | None = None
     key_padding_mask: torch.Tensor | None = None
     query_key_mask: torch.Tensor | None = None
+    key_bounds: tuple[torch.Tensor, torch.Tensor] | None = None
     causal: bool = False
     tokens_start: int | None = None
 
@@ -62,7 +66,7 @@ class CorrectionState:
     @property
     def per_query(self) -> bool:
         """Whether the keys a query may attend to differ between queries."""
-        return self.causal or self.query_key_mask is not None
+        return self.causal or self.query_key_mask is not None or self.key_bounds is not None
 
     def token_values(self, value: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """The tokens' own values `(B, H, n, d_h)` among every key's `(B, H, k, d_h)` (see `tokens_start`)."""
@@ -100,11 +104,37 @@ def _mean_weights(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
 
 
+def _band_mean(
+    value: torch.Tensor, key_mask: torch.Tensor | None, first: torch.Tensor, last: torch.Tensor
+) -> torch.Tensor:
+    """Each query's mean value over the keys `first..last` of `key_mask`, from prefix sums: O(k·d_h), and nothing
+    (q × k) is built or kept for backward."""
+    values = value.float()
+    weights = None if key_mask is None else key_mask[:, None, :, None].to(values.dtype)
+    if weights is not None:
+        values = values * weights
+    zero = values.new_zeros((*values.shape[:2], 1, values.shape[-1]))
+    sums = torch.cat([zero, values.cumsum(dim=2)], dim=2)  # sums[j] = Σ_{t<j}
+    index = torch.stack([first, last + 1], dim=1)  # (B, 2, q): both ends gathered at once
+    batch, heads, dim = values.shape[0], values.shape[1], values.shape[-1]
+    ends = sums.gather(2, index.reshape(batch, 1, -1, 1).expand(batch, heads, -1, dim))
+    total = ends[:, :, first.shape[-1] :] - ends[:, :, : first.shape[-1]]
+    if weights is None:
+        counts = (last - first + 1).to(values.dtype)[:, None, :, None]
+    else:
+        counted = torch.cat([weights.new_zeros(weights.shape[0], 1, 1, 1), weights.cumsum(dim=2)], dim=2)
+        count_ends = counted.gather(2, index.reshape(index.shape[0], 1, -1, 1))
+        counts = count_ends[:, :, first.shape[-1] :] - count_ends[:, :, : first.shape[-1]]
+    return (total / counts.clamp_min(1)).to(value.dtype)
+
+
 def attended_key_mean(value: torch.Tensor, state: CorrectionState, num_queries: int) -> torch.Tensor:
     """Each query's mean value over the keys it may attend to: `(B, H, q, d_h)`, or `(B, H, 1, d_h)` when the same
     for every query (`state.per_query` is False). `value` holds every key's values, `(B, H, k, d_h)`."""
     if state.query_key_mask is not None:
         return _MaskedKeyMean.apply(state.query_key_mask, value)
+    if state.key_bounds is not None:
+        return _band_mean(value, state.key_mask, *state.key_bounds)
     if state.causal:
         prefix = value[:, :, :num_queries].float().cumsum(dim=2)
         counts = torch.arange(1, num_queries + 1, device=value.device, dtype=prefix.dtype)[:, None]

@@ -51,19 +51,36 @@ class ContraNorm(Correction):
     def forward(self, hidden: torch.Tensor, state: CorrectionState) -> torch.Tensor:
         tokens = hidden.unsqueeze(1)  # one head of width d: (B, 1, n, d)
         directions = F.normalize(tokens, dim=-1)
-        key_mask = None
-        if state.padding_mask is not None:
-            # A row without real tokens would softmax over nothing; let it attend everywhere (its output is unused).
-            mask = state.padding_mask | ~state.padding_mask.any(dim=-1, keepdim=True)
-            key_mask = mask[:, None, None, :]
+        scale = 1 / float(self.config.contranorm_tau)
         if state.causal:
-            # Each token is compared with itself and the earlier tokens. A query keeps itself even when padded (left
-            # padding: no real token before it), so that its row is never empty (its output is unused).
-            num_tokens = hidden.shape[1]
-            earlier = torch.ones(num_tokens, num_tokens, dtype=torch.bool, device=hidden.device).tril()
-            itself = torch.eye(num_tokens, dtype=torch.bool, device=hidden.device)
-            key_mask = earlier if key_mask is None else (key_mask & earlier) | itself
-        similar_mean = F.scaled_dot_product_attention(
-            directions, directions, tokens, attn_mask=key_mask, scale=1 / float(self.config.contranorm_tau)
-        )
+            similar_mean = _causal_similar_mean(directions, tokens, state.padding_mask, scale)
+        else:
+            key_mask = None
+            if state.padding_mask is not None:
+                # A row without real tokens would softmax over nothing; let it attend everywhere (its output is unused).
+                mask = state.padding_mask | ~state.padding_mask.any(dim=-1, keepdim=True)
+                key_mask = mask[:, None, None, :]
+            similar_mean = F.scaled_dot_product_attention(
+                directions, directions, tokens, attn_mask=key_mask, scale=scale
+            )
         return hidden - self.strength() * similar_mean.squeeze(1)
+
+
+def _causal_similar_mean(
+    directions: torch.Tensor, tokens: torch.Tensor, padding_mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """S·X with each token compared with itself and the earlier real tokens, by the fused kernel in its causal mode:
+    no (n × n) mask is built or kept. Padded keys are left out by carrying the real-token indicator m as one more
+    value channel: the kernel returns Σ_j e^{s_ij} m_j x_j / Z_i and Σ_j e^{s_ij} m_j / Z_i, whose ratio is the
+    softmax over the real earlier keys (a query with none, a padded one, gets 0)."""
+    if padding_mask is None:
+        return F.scaled_dot_product_attention(directions, directions, tokens, is_causal=True, scale=scale)
+    real = padding_mask[:, None, :, None].to(tokens.dtype)
+    # The fused kernels need queries, keys and values of one width: the directions get zeros (the scores are
+    # unchanged), 8 more channels in all so that a width divisible by 8 stays so.
+    extra = tokens.new_zeros((*tokens.shape[:-1], 7))
+    directions = torch.cat([directions, extra, torch.zeros_like(real)], dim=-1)
+    both = F.scaled_dot_product_attention(
+        directions, directions, torch.cat([tokens * real, extra, real], dim=-1), is_causal=True, scale=scale
+    )
+    return both[..., : tokens.shape[-1]] / both[..., -1:].clamp_min(torch.finfo(both.dtype).tiny)

@@ -51,6 +51,7 @@ from .diagnostics import Profile, oversmoothing_profile
 from .fusion import NO_FUSION, available_fusions
 from .hub import EXPORT_MANIFEST, export_for_hub, push_to_hub
 from .image_processing_centered_vit import CenteredViTImageProcessor
+from .modeling_generic import GENERIC_FAMILIES, corrected_config_class
 from .strength_maps import has_learned_strengths, summarise_strengths
 from .tasks import (
     DEFAULT_TASK,
@@ -648,7 +649,6 @@ def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str | None]:
     """The model configuration (corrections applied, labels not yet) and the checkpoint source (None from scratch)."""
     correction_kwargs = correction_config_kwargs(args.correction)
     model_args, task = args.model, args.task
-    modality = task.modality
     try:
         if model_args.architecture is not None:
             return architecture_config(model_args.architecture, task, correction_kwargs), None
@@ -657,16 +657,42 @@ def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str | None]:
             stock_config = AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as error:
             fail(f"cannot load the checkpoint {source}: {error}")
-        family = {"bert": "text", "centered_bert": "text", "vit": "image", "centered_vit": "image"}
-        if stock_config.model_type not in family:
-            fail(f"{source} is a {stock_config.model_type!r} checkpoint; fine-tuning takes BERT or ViT checkpoints")
-        if family[stock_config.model_type] != modality:
-            needed = "an image model (ViT)" if modality == IMAGE else "a text model (BERT)"
-            fail(f"{source} is a {family[stock_config.model_type]} model; --task {task.name} needs {needed}")
-        config_class = CenteredViTConfig if modality == IMAGE else CenteredBertConfig
-        return config_class.from_pretrained(source, **correction_kwargs), source
+        config = checkpoint_config_class(stock_config, source, task).from_pretrained(source, **correction_kwargs)
+        if task.head_class(config) is None:
+            fail(f"{source} is a {stock_config.model_type!r} model, whose family has no head for --task {task.name}")
+        return config, source
     except CONFIG_ERRORS as error:  # the configuration's own validation, e.g. correction_layers
         fail(one_line(error))
+
+
+DEDICATED_CONFIG_CLASSES = {
+    "bert": CenteredBertConfig,
+    "centered_bert": CenteredBertConfig,
+    "vit": CenteredViTConfig,
+    "centered_vit": CenteredViTConfig,
+}
+
+
+def checkpoint_config_class(stock_config, source: str, task: Task) -> type:
+    """The corrected configuration class for a checkpoint: the dedicated BERT's or ViT's, or the generic path's for
+    the other supported families (`modeling_generic.GENERIC_FAMILIES`); checked against the task's modality."""
+    model_type = stock_config.model_type
+    if model_type in DEDICATED_CONFIG_CLASSES:
+        config_class = DEDICATED_CONFIG_CLASSES[model_type]
+    elif isinstance(stock_config, CorrectionConfigMixin):  # a checkpoint the generic path corrected already
+        config_class = type(stock_config)
+    elif model_type in GENERIC_FAMILIES:
+        config_class = corrected_config_class(type(stock_config))
+    else:
+        fail(
+            f"{source} is a {model_type!r} checkpoint; fine-tuning takes the families "
+            f"{', '.join(GENERIC_FAMILIES)} (and checkpoints corrected from them)"
+        )
+    modality = IMAGE if hasattr(stock_config, "image_size") else TEXT
+    if modality != task.modality:
+        needed = "an image model" if task.modality == IMAGE else "a text model"
+        fail(f"{source} is a {modality} model; --task {task.name} needs {needed}")
+    return config_class
 
 
 def architecture_config(architecture: str, task: Task, correction_kwargs: dict[str, Any]):
@@ -713,9 +739,17 @@ def load_processor(args: FinetuneArguments, config, source: str | None):
         if tokenizer_source is None:
             fail("a model trained from scratch needs --tokenizer_name")
         try:
-            return AutoTokenizer.from_pretrained(tokenizer_source)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+            if args.task.pretokenized and getattr(tokenizer, "add_prefix_space", None) is False:
+                # Byte-level BPE (RoBERTa, GPT-2) encodes a word differently at the start of a text without it.
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, add_prefix_space=True)
         except (OSError, ValueError) as error:
             fail(f"cannot load a tokenizer from {tokenizer_source}: {str(error).splitlines()[0]}")
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # decoders' tokenizers often have none; batches need one
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id  # a decoder's sequence head finds each text's last token
+        return tokenizer
     if source is not None:
         try:
             return AutoImageProcessor.from_pretrained(source)
@@ -732,11 +766,19 @@ def load_processor(args: FinetuneArguments, config, source: str | None):
 
 def build_model(config, source: str | None, task: Task):
     """The task's model: converted from `source`, or freshly initialised from `config`."""
-    model_class = task.model_class
+    model_class = task.head_class(config)
     if source is None:
         return model_class(config)
     # A head of another size (or none) in the checkpoint is replaced by a new one.
     return model_class.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+
+
+def lora_targets(model, task: Task) -> list[str] | None:
+    """The default LoRA targets: the query and value projections of the corrected BERT/ViT, or PEFT's own default for
+    the family (None; `register_peft_target_modules` gives the corrected families their stock family's)."""
+    if isinstance(model.config, (CenteredBertConfig, CenteredViTConfig)):
+        return DEFAULT_LORA_TARGETS[task.modality]
+    return None
 
 
 def apply_lora(model, peft_args: PeftArguments, task: Task):
@@ -749,7 +791,7 @@ def apply_lora(model, peft_args: PeftArguments, task: Task):
         r=peft_args.lora_r,
         lora_alpha=peft_args.lora_alpha,
         lora_dropout=peft_args.lora_dropout,
-        target_modules=peft_args.lora_target_modules or DEFAULT_LORA_TARGETS[task.modality],
+        target_modules=peft_args.lora_target_modules or lora_targets(model, task),
         modules_to_save=peft_modules_to_save(model) + list(task.head_modules),
     )
     return get_peft_model(model, lora_config)
@@ -810,7 +852,7 @@ def gather_trained_model(trainer: Trainer, args: FinetuneArguments, config, sour
 
         model = PeftModel.from_pretrained(build_model(config, source, args.task), gathered_dir)
     else:
-        model = args.task.model_class.from_pretrained(gathered_dir)
+        model = args.task.head_class(config).from_pretrained(gathered_dir)
     shutil.rmtree(gathered_dir)
     return model
 

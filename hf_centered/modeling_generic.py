@@ -41,6 +41,7 @@ from transformers.masking_utils import eager_mask, sdpa_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
 
 from .configuration_centered import CorrectionConfigMixin
 from .correction_base import (
@@ -103,12 +104,14 @@ class ForwardContext:
             static cache's spans its every slot), a dict of them per attention type, or None.
         first_values: layer 0's values of this forward's tokens, `(B, H_kv, n, d_h)` (NeuTRENO's V⁰).
         layer_outputs: under a fusion, each layer's output in order, for the fusion after the last layer.
+        mask_bounds: what `key_bounds` found for each attention mask (by id).
     """
 
     past_length: int = 0
     attention_mask: torch.Tensor | None = None
     first_values: torch.Tensor | None = None
     layer_outputs: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    mask_bounds: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = dataclasses.field(default_factory=dict)
 
     def padding_mask(self, num_tokens: int) -> torch.Tensor | None:
         """`(B, n)` bool, True at this forward's real tokens, or None (no mask). A prepared 4-D mask (or a dict of
@@ -122,6 +125,25 @@ class ForwardContext:
             mask = allowed_keys(mask).any(dim=(1, 2))
         start = self.tokens_start(num_tokens, mask.shape[-1])
         return mask[:, start : start + num_tokens].bool()
+
+    def key_bounds(
+        self, attention_mask: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`(first, last)` `(B, q)` when every real query's row of `attention_mask` allows exactly the real keys of
+        one window `first..last` (causal, sliding-window and local masks, a KV cache's slots), else None; computed
+        once per mask and forward."""
+        key = id(attention_mask)
+        if key not in self.mask_bounds:
+            allowed = allowed_keys(attention_mask)[:, 0].expand(key_mask.shape[0], -1, -1)  # the heads share it
+            num_keys = allowed.shape[-1]
+            first = allowed.int().argmax(dim=-1)
+            last = num_keys - 1 - allowed.flip(-1).int().argmax(dim=-1)
+            positions = torch.arange(num_keys, device=allowed.device)
+            window = (positions >= first[..., None]) & (positions <= last[..., None]) & key_mask[:, None, :]
+            real_queries = allowed.any(dim=-1, keepdim=True)
+            is_window = bool(((allowed == window) | ~real_queries).all())
+            self.mask_bounds[key] = (first, last) if is_window else None
+        return self.mask_bounds[key]
 
     def tokens_start(self, num_tokens: int, num_keys: int) -> int:
         return self.past_length if self.past_length + num_tokens <= num_keys else num_keys - num_tokens
@@ -145,7 +167,14 @@ def stock_backend(name: str, module: nn.Module):
 
 
 def attention_state(
-    module: nn.Module, backend: str, attention_mask, num_queries: int, first_values, tokens_start: int, kwargs: dict
+    module: nn.Module,
+    backend: str,
+    attention_mask,
+    num_queries: int,
+    first_values,
+    tokens_start: int,
+    context: ForwardContext,
+    kwargs: dict,
 ) -> CorrectionState:
     """Which keys each query may attend to, in the form the corrections read (see `CorrectionState`)."""
     if attention_mask is None:
@@ -160,10 +189,15 @@ def attention_state(
             f"implementations are {', '.join(repr(name) for name in STOCK_BACKENDS)}."
         )
     local = getattr(module, "sliding_window", None) is not None or kwargs.get("sliding_window") is not None
-    if getattr(module, "is_causal", False) or local:
-        return CorrectionState(first_values=first_values, query_key_mask=attention_mask, tokens_start=tokens_start)
     key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, attention_mask.shape[0])
-    return CorrectionState(first_values=first_values, key_padding_mask=key_padding_mask, tokens_start=tokens_start)
+    state = CorrectionState(first_values=first_values, key_padding_mask=key_padding_mask, tokens_start=tokens_start)
+    if not (getattr(module, "is_causal", False) or local):
+        return state
+    bounds = context.key_bounds(attention_mask, key_padding_mask)
+    if bounds is not None:
+        return dataclasses.replace(state, key_bounds=bounds)
+    # A mask whose rows are no window of real keys (packed sequences, a custom mask): read it as it is.
+    return dataclasses.replace(state, query_key_mask=attention_mask)
 
 
 def repeat_heads(tensor: torch.Tensor | None, num_heads: int) -> torch.Tensor | None:
@@ -204,7 +238,7 @@ def corrected_backend(name: str):
             )
         num_heads = query.shape[1]
         state = attention_state(
-            module, name, attention_mask, num_queries, repeat_heads(first_values, num_heads), start, kwargs
+            module, name, attention_mask, num_queries, repeat_heads(first_values, num_heads), start, context, kwargs
         )
         return run_corrected_attention(
             corrections,
@@ -428,6 +462,12 @@ class CorrectedConfigMixin(CorrectionConfigMixin):
         super().__post_init__(**kwargs)
         register_corrected_models(type(self))
 
+    @property
+    def tie_last_hidden_states(self) -> bool | None:
+        """Under a fusion `hidden_states[-1]` stays the raw last layer (the fused output is `last_hidden_state`);
+        otherwise as the stock model records it (None: the family's own choice)."""
+        return False if self.has_fusion else None
+
 
 @functools.cache
 def corrected_config_class(stock_config_class: type) -> type:
@@ -517,11 +557,21 @@ def corrected_model_class(stock_model_class: type) -> type:
 # --- installing -----------------------------------------------------------------------------------------------
 
 
+def become_corrected(model: PreTrainedModel) -> None:
+    """Turns a stock model instance into one of its corrected class, as if built by it."""
+    model.__class__ = corrected_model_class(type(model))
+    model.built_structure = model.config.structure()
+    # What PreTrainedModel.__init__ does per class: without it, output_hidden_states would return nothing.
+    _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
+
+
 def install_corrections(model: nn.Module) -> None:
     """Builds the corrections `model.config` asks for into the stock modules of `model` (new parameters on the
     model's device and dtype, not initialised), points the model at the corrected attention implementation and adds
     the forward pre-hook of the base model."""
     config = model.config
+    if model.base_model is not model and getattr(model.base_model, "has_correction_context_hook", False):
+        return  # a head that builds its base model through the Auto classes (Llama's) got a corrected one already
     register_corrected_backends()
     layers = layer_stack(model)
     reference = next(model.parameters(), None)
@@ -570,6 +620,11 @@ def install_corrections(model: nn.Module) -> None:
             hook = functools.partial(fuse_at_stack_output, base_model=base_model, fusion=owner.fusion)
             owner.register_forward_hook(hook, with_kwargs=True)
     model.config._attn_implementation_internal = corrected_implementation(config._attn_implementation)
+    # transformers initialises (missing) weights with the `_init_weights` of the innermost model that holds them:
+    # the inner stock models become their corrected counterparts, whose `_init_weights` knows the corrections.
+    for submodule in model.modules():
+        if isinstance(submodule, PreTrainedModel) and not isinstance(submodule, CorrectedModelMixin):
+            become_corrected(submodule)
     if not getattr(base_model, "has_correction_context_hook", False):
         base_model.register_forward_pre_hook(functools.partial(inject_context, model=model), with_kwargs=True)
         base_model.has_correction_context_hook = True
@@ -649,17 +704,15 @@ def correct(model: nn.Module, correction: str | list[str] = "centered", **fields
     defaults = {field.name: field.default for field in dataclasses.fields(CorrectionConfigMixin)}
     candidate.__dict__.update({**defaults, "correction": correction, **fields})
     candidate.validate_corrections()
-    model_class = corrected_model_class(type(model))
     register_corrected_models(config_class)
     config = model.config
     config.__class__ = config_class
     config.__dict__.update(candidate.__dict__)
-    model.__class__ = model_class
+    become_corrected(model)
     install_corrections(model)
     for module in model.modules():
         if isinstance(module, (Correction, LayerFusion)):
             module.reset_parameters()
-    model.built_structure = config.structure()
     return model
 
 

@@ -297,3 +297,30 @@ def test_only_a_plain_unobserved_linear_is_computed_by_a_correction():
     model = CenteredBertModel(bert_config(correction="neutreno"))
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["dense"]))
     assert not is_plain_linear(peft_model.base_model.model.encoder.layer[1].attention.output.dense)
+
+
+@pytest.mark.parametrize("padding", ["none", "left", "right"])
+def test_causal_contranorm_compares_each_token_with_the_earlier_real_ones(padding):
+    """A decoder's ContraNorm (`CorrectionState.causal`) against the explicit masked softmax, per sequence."""
+    config = bert_config(correction="contranorm")
+    contranorm = REGISTRY["contranorm"](config, 0)
+    hidden = torch.randn(3, 6, config.hidden_size, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    real = torch.ones(3, 6, dtype=torch.bool)
+    if padding == "left":
+        real[1, :2] = False
+    elif padding == "right":
+        real[2, 4:] = False
+    state = CorrectionState(padding_mask=None if padding == "none" else real, causal=True)
+    actual = contranorm(hidden, state)
+    expected = hidden.clone()
+    for b in range(3):
+        directions = hidden[b] / hidden[b].norm(dim=-1, keepdim=True)
+        scores = directions @ directions.T / config.contranorm_tau
+        allowed = (torch.ones(6, 6, dtype=torch.bool).tril() & real[b][None, :])[real[b]]  # the real queries' rows
+        similar = scores[real[b]].masked_fill(~allowed, float("-inf")).softmax(dim=-1) @ hidden[b]
+        expected[b][real[b]] = hidden[b][real[b]] - config.contranorm_scale * similar
+    assert torch.allclose(actual[real], expected[real], atol=1e-6)
+    grad = torch.randn_like(actual)
+    (actual_grad,) = torch.autograd.grad(actual[real], hidden, grad[real])
+    (expected_grad,) = torch.autograd.grad(expected[real], hidden, grad[real])
+    assert torch.allclose(actual_grad, expected_grad, atol=1e-6)

@@ -613,3 +613,45 @@ def test_cli_text_file_on_an_exported_checkpoint(tmp_path, trust_remote_code):
     assert_profile_matches_naive(
         Profile.from_dict(profile), model, dict(tokenizer(texts, padding=True, return_tensors="pt")), rel=1e-4
     )
+
+
+@pytest.mark.parametrize("family", ["roberta", "llama"])
+def test_cli_on_a_generically_corrected_checkpoint(tmp_path, family):
+    """A model of another family corrected through the generic path: its profile and learned strength map."""
+    import transformers
+    from transformers import BertTokenizer
+
+    import hf_centered
+
+    words = ["good", "bad", "plot", "film", "slow", "fun", "actor", "the"]
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    sizes = dict(
+        vocab_size=len(vocab), hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37
+    )
+    if family == "roberta":
+        config, auto_class = transformers.RobertaConfig(**sizes, pad_token_id=0), transformers.AutoModel
+    else:
+        config, auto_class = transformers.LlamaConfig(**sizes, num_key_value_heads=2), transformers.AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = hf_centered.correct(
+        auto_class.from_config(config), correction=["neutreno", "dgn"], correction_strength="learned"
+    )
+    with torch.no_grad():  # gates away from 0, as after training
+        for name, parameter in model.named_parameters():
+            if "strength_gate" in name:
+                parameter.normal_(std=0.01)
+    tokenizer = BertTokenizer(vocab=vocab)
+    folder = hf_centered.export_for_hub(model, tmp_path / "exported", tokenizer)
+    texts = ["good film", "the plot is slow", "fun actor fun film", "bad"]
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    out = tmp_path / "out"
+    argv = ["diagnose", str(folder), "--text-file", str(tmp_path / "texts.txt"), "--batch-size", "3", "--out", str(out)]
+    assert diagnose_main(argv) == 0
+
+    (profile,) = json.loads((out / "profile.json").read_text()).values()
+    assert profile["num_sequences"] == 4 and profile["num_layers"] == 2
+    label = "/".join(Path(folder).resolve().parts[-2:])
+    assert json.loads((out / "strengths.json").read_text()) == {label: model.correction_strengths()}
+    assert_profile_matches_naive(
+        Profile.from_dict(profile), model.eval(), dict(tokenizer(texts, padding=True, return_tensors="pt")), rel=1e-4
+    )

@@ -654,3 +654,82 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
     with pytest.raises(SystemExit, match=message):
         main(argv)
     assert contents() == before  # nothing written
+
+
+# --- other families, through the generic path --------------------------------------------------------------
+
+GENERIC_TEXT_CHECKPOINTS = {
+    "roberta": ("RobertaConfig", dict(max_position_embeddings=66, hidden_dropout_prob=0.0)),  # positions after padding
+    "llama": ("LlamaConfig", dict(num_key_value_heads=2)),
+    "modernbert": ("ModernBertConfig", dict(local_attention=4, global_attn_every_n_layers=2)),
+}
+
+
+def save_tiny_checkpoint(folder: Path, family: str, tokenizer) -> Path:
+    """A seeded tiny stock model of `family` with `tokenizer` (its vocabulary and special tokens)."""
+    import transformers
+
+    config_name, fields = GENERIC_TEXT_CHECKPOINTS[family]
+    sizes = dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    tokens = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id)
+    tokens["eos_token_id"] = tokenizer.sep_token_id
+    if family == "modernbert":
+        tokens.update(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)
+    fields = {"max_position_embeddings": 64, **fields}
+    config = getattr(transformers, config_name)(vocab_size=len(tokenizer.get_vocab()), **sizes, **tokens, **fields)
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", GENERIC_TEXT_CHECKPOINTS)
+def test_a_checkpoint_of_another_family_fine_tunes_beside_its_stock_baseline(assets, tmp_path, family):
+    import transformers
+
+    checkpoint = save_tiny_checkpoint(tmp_path / family, family, BertTokenizer.from_pretrained(assets.model))
+    output_dir = tmp_path / "out"
+    argv = text_argv(assets, output_dir, "--model_name_or_path", str(checkpoint), "--baseline")
+    metrics = main([*argv, "--correction", "centered", "dgn", "--correction_strength", "learned"])
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["model_type"] == f"corrected_{family}" and config["correction"] == ["centered", "dgn"]
+    assert config["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_generic.")
+    baseline = json.loads((output_dir / "stock-baseline" / "config.json").read_text())
+    assert baseline["correction"] == "none"
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(output_dir)
+    assert type(model).__module__ == "hf_centered.modeling_generic"
+    gates = [p for name, p in model.named_parameters() if "strength_gate" in name]
+    assert gates and any(float(gate.abs().max()) > 0 for gate in gates)  # trained away from 0
+
+
+def test_a_checkpoint_whose_family_lacks_the_head_fails_in_one_line(assets, tmp_path, capsys):
+    checkpoint = save_tiny_checkpoint(tmp_path / "llama", "llama", BertTokenizer.from_pretrained(assets.model))
+    argv = ["--model_name_or_path", str(checkpoint), "--task", "fill-mask", "--dataset_name", "text_corpus"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        f"finetune.py: error: {checkpoint} is a 'llama' model, whose family has no head for --task fill-mask"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_checkpoint_of_another_family_fine_tunes(tmp_path):
+    import transformers
+
+    config = transformers.Dinov2Config(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        mlp_ratio=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.Dinov2Model(config).save_pretrained(tmp_path / "dinov2")
+    output_dir = tmp_path / "out"
+    argv = ["--model_name_or_path", str(tmp_path / "dinov2"), "--dataset_name", "digits", "--correction", "neutreno"]
+    argv += ["--max_steps", "3", "--per_device_train_batch_size", "8", "--max_eval_samples", "40", "--no_baseline"]
+    metrics = main([*argv, "--output_dir", str(output_dir), "--save_strategy", "no"])
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    model = transformers.AutoModelForImageClassification.from_pretrained(output_dir)
+    assert type(model).__name__ == "Dinov2ForImageClassification" and model.config.correction == "neutreno"

@@ -121,6 +121,19 @@ def test_zero_strength_equals_stock_and_a_strength_changes_the_outputs(family, n
     assert (real_rows(strong, inputs) - real_rows(expected, inputs)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_states_are_recorded_as_by_the_stock_model(family):
+    stock = stock_model(family)
+    inputs = padded_inputs(family)
+    model = corrected(stock, list(GENERIC_CORRECTIONS), **ZERO_STRENGTH)
+    with torch.no_grad():
+        expected = stock(**inputs, output_hidden_states=True).hidden_states
+        actual = model(**inputs, output_hidden_states=True).hidden_states
+    assert len(actual) == len(expected) == stock.config.num_hidden_layers + 1
+    for layer, (mine, theirs) in enumerate(zip(actual, expected, strict=True)):
+        assert torch.equal(real_rows(mine, inputs), real_rows(theirs, inputs)), layer
+
+
 @pytest.mark.parametrize("fusion", ["none", *FUSIONS])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("family", FAMILIES)
@@ -217,34 +230,48 @@ class FakeAttention(nn.Module):
         self.corrections = nn.ModuleDict({"centered": CORRECTIONS["centered"](config, 1)})
 
 
-@pytest.mark.parametrize("backend", ["sdpa"])
-@pytest.mark.parametrize("mask", ["causal", "window", "padding"])
-def test_centered_attention_subtracts_the_mean_over_each_querys_keys(mask, backend):
+MASKS = ["causal", "causal-padded", "window", "padding", "packed", "custom"]
+
+
+def allowed_keys_of(mask: str) -> torch.Tensor:
+    """(2, 1, 6, 6): which keys each query may attend to, for each kind of mask."""
+    positions = torch.arange(6)
+    causal = positions[None, :] <= positions[:, None]
+    allowed = {
+        "causal": causal,
+        "causal-padded": causal,
+        "window": (positions[None, :] - positions[:, None]).abs() <= 1,
+        "padding": torch.ones(6, 6, dtype=torch.bool),
+        # two sequences packed into one row: each token sees the earlier tokens of its own sequence only
+        "packed": causal & ((positions[None, :] < 2) == (positions[:, None] < 2)),
+        # no window of keys: each token skips the one before it
+        "custom": causal & (positions[None, :] != positions[:, None] - 1),
+    }[mask]
+    allowed = allowed.expand(2, 1, 6, 6).clone()
+    if mask in ("padding", "causal-padded"):
+        allowed[1, :, :, 4:] = False
+    return allowed
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_centered_attention_subtracts_the_mean_over_each_querys_keys(mask):
     generator = torch.Generator().manual_seed(3)
     query, key, value = (torch.randn(2, 3, 6, 4, generator=generator) for _ in range(3))
-    positions = torch.arange(6)
-    allowed = (
-        {
-            "causal": positions[None, :] <= positions[:, None],
-            "window": (positions[None, :] - positions[:, None]).abs() <= 1,
-            "padding": torch.ones(6, 6, dtype=torch.bool),
-        }[mask]
-        .expand(2, 1, 6, 6)
-        .clone()
-    )
-    if mask == "padding":
-        allowed[1, :, :, 4:] = False
-    module = FakeAttention(is_causal=mask == "causal", gamma=0.7).eval()
-    context = ForwardContext()
-    attention_mask = None if mask == "causal" else allowed
+    allowed = allowed_keys_of(mask)
+    module = FakeAttention(is_causal=mask in ("causal", "causal-padded", "packed", "custom"), gamma=0.7).eval()
     if mask == "window":
         module.sliding_window = 1
-    output, _ = corrected_backend(backend)(
+    context = ForwardContext()
+    attention_mask = None if mask == "causal" else allowed
+    output, _ = corrected_backend("sdpa")(
         module, query, key, value, attention_mask, scaling=0.5, dropout=0.0, **{"hf_centered_context": context}
     )
     expected = explicit_centered_attention(query, key, value, allowed, 0.5, 0.7)
-    real_queries = slice(None) if mask != "padding" else slice(0, 4)
+    real_queries = slice(0, 4) if mask in ("padding", "causal-padded") else slice(None)
     assert torch.allclose(output[:, real_queries], expected[:, real_queries], atol=1e-6)
+    if mask in ("causal-padded", "window", "packed", "custom"):
+        # A window of keys per query is read without keeping the mask for backward; any other mask as it is.
+        assert (context.mask_bounds[id(attention_mask)] is None) == (mask == "custom")
 
 
 @pytest.mark.parametrize("form", ["causal", "mask"])
@@ -440,3 +467,38 @@ with torch.no_grad():
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- memory ---------------------------------------------------------------------------------------------------
+
+
+def saved_for_backward(model: nn.Module, inputs: dict) -> list[torch.Tensor]:
+    """The distinct tensors one forward keeps for backward (by storage)."""
+    saved: dict[tuple, torch.Tensor] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)), tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output_of(model, inputs).sum()
+    return list(saved.values())
+
+
+@pytest.mark.parametrize("names", CORRECTION_SETS, ids="+".join)
+@pytest.mark.parametrize("family", ["roberta", "modernbert", "llama"])
+def test_no_attention_sized_tensor_is_kept_for_backward(family, names):
+    """The corrections keep no (queries × keys) tensor of their own for backward: those the corrected model keeps are
+    the stock model's (its attention mask, the backend's own)."""
+    stock = stock_model(family).train()
+    for module in stock.modules():  # dropout off: its masks are not the corrections' cost
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    model = corrected(stock, names).train()
+    inputs = padded_inputs(family, "left" if family in DECODERS else "right")
+    num_tokens = inputs["input_ids"].shape[1]
+
+    def attention_sized(tensors: list[torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors if t.dim() >= 2 and t.shape[-2:] == (num_tokens,) * 2)
+
+    assert attention_sized(saved_for_backward(model, inputs)) == attention_sized(saved_for_backward(stock, inputs))

@@ -91,9 +91,23 @@ class Task:
     """PEFT's `task_type` for this head (PEFT then trains and saves the head itself), or None."""
     head_modules: ClassVar[tuple[str, ...]] = ()
     """Head modules PEFT must train fully and save with the adapter when `peft_task_type` does not cover them."""
+    pretokenized: ClassVar[bool] = False
+    """Whether the task tokenizes text already split into words (byte-level BPE tokenizers then need a prefix space)."""
     remove_unused_columns: ClassVar[bool] = True
     """False for a task whose collator reads dataset columns the model does not take (the Trainer would drop them);
     its datasets then hold only those and the model's inputs."""
+
+    def head_class(self, config) -> type[PreTrainedModel] | None:
+        """The head this task trains for `config`: `model_class` for the corrected BERT and ViT, else the generic
+        path's corrected head of the configuration's family (the one the same Auto class loads), or None where the
+        family has no such head."""
+        if isinstance(config, self.model_class.config_class):
+            return self.model_class
+        from ..modeling_generic import corrected_model_class, stock_heads
+
+        auto_names = [name for name, cls in self.model_class.auto_model_classes().items() if cls is self.model_class]
+        stock_head = stock_heads(config.stock_config_class).get(auto_names[0])
+        return None if stock_head is None else corrected_model_class(stock_head)
 
     def names_own_data(self, args: FinetuneArguments) -> bool:
         """Whether this task's own options name the training data (e.g. a folder of images), which then replaces

@@ -100,6 +100,7 @@ class TokenClassification(Task):
     arguments = TokenClassificationArguments
     metric_names = ("f1", "precision", "recall", "accuracy")
     peft_task_type = "TOKEN_CLS"
+    pretokenized = True
 
     def check_arguments(self, args: FinetuneArguments) -> None:
         options = self.options(args)
