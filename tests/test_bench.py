@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import bert_config, vit_config, vit_inputs
 
+import hf_centered
 from hf_centered import CenteredBertModel, CenteredViTModel
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
@@ -234,3 +235,16 @@ def test_sparse_prediction_bench_compares_the_two_heads():
     result = bench_sparse.compare((1, 64, 12, 4), steps=1, repeats=2)
     assert result["dense_s"] > 0 and result["sparse_s"] > 0
     assert result["ratio_min"] <= result["ratio"] <= result["ratio_max"]
+
+
+def test_generic_bench_finds_no_attention_sized_tensor_of_the_corrections():
+    spec = importlib.util.spec_from_file_location("bench_generic", BENCH_DIR / "bench_generic.py")
+    bench_generic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_generic)
+    bench_generic.SIZES.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    stock = bench_generic.stock_model("llama", 16)
+    batch = bench_generic.batch_of("llama", 16)
+    ours = hf_centered.correct(copy.deepcopy(stock), correction=["centered", "contranorm"]).train()
+    result = bench_generic.compare(stock, ours, batch, rounds=2, steps=1, num_tokens=16)
+    assert result["square"] == 1.0 and result["saved"] > 1.0  # ContraNorm keeps tensors of (tokens × width) only
+    assert result["time_min"] <= result["time"] <= result["time_max"]
