@@ -692,6 +692,10 @@ def correct(model: nn.Module, correction: str | list[str] = "centered", **fields
     `correction_strength="learned"` the corrected model equals the stock one until training moves the gates.
     Invalid fields raise `ValueError` before anything changes.
     """
+    if not isinstance(model, PreTrainedModel):
+        raise ValueError(
+            f"correct() takes a transformers PreTrainedModel (a model or a head), got {type(model).__name__}."
+        )
     if isinstance(model.config, CorrectionConfigMixin):
         raise ValueError(
             f"{type(model).__name__} is corrected already ({model.config.model_type}); allowed: a stock model, or "
@@ -704,6 +708,10 @@ def correct(model: nn.Module, correction: str | list[str] = "centered", **fields
     defaults = {field.name: field.default for field in dataclasses.fields(CorrectionConfigMixin)}
     candidate.__dict__.update({**defaults, "correction": correction, **fields})
     candidate.validate_corrections()
+    # Everything a correction needs is checked before the model changes: a refused model stays the stock one.
+    corrected_implementation(model.config._attn_implementation)
+    for layer in layer_stack(model):
+        attention_module(layer)
     register_corrected_models(config_class)
     config = model.config
     config.__class__ = config_class

@@ -12,6 +12,7 @@ import torch
 import transformers
 from conftest import STRONG
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 import hf_centered
 from hf_centered.correction_base import CorrectionState, attended_key_mean
@@ -502,3 +503,49 @@ def test_no_attention_sized_tensor_is_kept_for_backward(family, names):
         return sum(t.numel() * t.element_size() for t in tensors if t.dim() >= 2 and t.shape[-2:] == (num_tokens,) * 2)
 
     assert attention_sized(saved_for_backward(model, inputs)) == attention_sized(saved_for_backward(stock, inputs))
+
+
+class LayerWithoutAttentionInterface(GradientCheckpointingLayer):
+    def __init__(self, config):
+        super().__init__()
+        self.mix = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, **kwargs):
+        return self.mix(hidden_states)
+
+
+class ModelWithoutAttentionInterface(transformers.PreTrainedModel):
+    config_class = transformers.BertConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.layers = nn.ModuleList([LayerWithoutAttentionInterface(config) for _ in range(config.num_hidden_layers)])
+        self.post_init()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: ModelWithoutAttentionInterface(family_config("bert")),
+            "exactly one attention module that calls ALL_ATTENTION_FUNCTIONS in each layer, found 0",
+        ),
+        (
+            lambda: transformers.BertModel(family_config("bert")).encoder,
+            "correct\\(\\) takes a transformers PreTrainedModel \\(a model or a head\\), got BertEncoder",
+        ),
+    ],
+    ids=["no attention interface", "not a model"],
+)
+def test_a_model_the_generic_path_cannot_handle_is_refused_naming_what_is_missing(build, message):
+    model = build()
+    with pytest.raises(ValueError, match=message):
+        correct(model)
+
+
+def test_an_implementation_without_a_corrected_counterpart_is_refused_before_anything_changes():
+    model = stock_model("llama")
+    model.config._attn_implementation_internal = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation='flash_attention_2' cannot be corrected"):
+        correct(model)
+    assert type(model) is transformers.LlamaForCausalLM and type(model.config) is transformers.LlamaConfig
