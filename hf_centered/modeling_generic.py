@@ -10,10 +10,18 @@ same equations, as in the dedicated `CenteredBert*` / `CenteredViT*` classes; on
   the stock mask builder, with `AttentionMaskInterface` (without it the mask would arrive as None and padding would be
   ignored). It runs the stock backend, then the corrections that `correct` attached to the attention module
   (`<attention module>.corrections`). The centered mean is over the keys each query may attend to: a prefix mean
-  under a causal mask, the window under local attention, the cache's filled slots while decoding.
+  under a causal mask, the window under local attention, the cache's filled slots while decoding; a mask whose rows
+  are such windows is read as each query's first and last key, so no (queries × keys) tensor is kept for backward.
 - **Layer-output site** (DGN): each layer of the stack (the one `nn.ModuleList` of `num_hidden_layers`
   checkpointable layers) becomes a same-named subclass that applies `<layer>.output_corrections` to its output,
   inside the region that gradient checkpointing recomputes.
+- **Before-norm site** (ContraNorm): forward pre-hooks on the norms, as the reference code places it: in a pre-LN
+  model (one whose base model ends with a norm of its own) every norm of a layer, with `<layer>.norm_corrections`,
+  and the final norm, with `final_norm_corrections`; in a post-LN model the post-attention norm. On a causal model
+  each token is compared with the earlier ones only (and a KV cache cannot be used).
+- **Fusion**: the layers' outputs are kept per forward and fused by `<module running the layers>.fusion`, outside
+  the checkpointed layers: at the final norm's output in a pre-LN model (each layer through the final norm), at the
+  layer stack's output in a post-LN one, before any pooler or head reads it.
 - **Per forward**: a forward pre-hook on the base model passes a `ForwardContext` down as a keyword argument (every
   supported family hands its forward's keyword arguments to its layers and attention functions). Layer 0 writes the
   tokens' values into it (NeuTRENO's V⁰); the later layers read them. Being an argument, it is seen again by a layer
