@@ -39,6 +39,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.trainer_utils import SaveStrategy
 
 from . import data as offline_data
@@ -88,7 +89,6 @@ RUN_RECORD_IGNORED = {
 }
 # Configuration entries that --architecture may not set: the run decides them (the labels come from the data).
 ARCHITECTURE_RESERVED_FIELDS = {
-    "model_type",
     "architectures",
     "transformers_version",
     "_name_or_path",
@@ -145,8 +145,9 @@ class ModelArguments:
     architecture: str | None = field(
         default=None,
         metadata={
-            "help": "Train from scratch: a JSON object (a mapping in YAML) of BertConfig/ViTConfig fields, e.g. "
-            '\'{"image_size": 8, "patch_size": 2, "num_channels": 1, "hidden_size": 64}\'.'
+            "help": "Train from scratch: a JSON object (a mapping in YAML) of configuration fields, e.g. "
+            '\'{"image_size": 8, "patch_size": 2, "num_channels": 1, "hidden_size": 64}\'; its `model_type` picks the '
+            "family (default: bert for text, vit for images; any family of the generic path, e.g. roberta, llama)."
         },
     )
     tokenizer_name: str | None = field(
@@ -688,23 +689,32 @@ def checkpoint_config_class(stock_config, source: str, task: Task) -> type:
             f"{source} is a {model_type!r} checkpoint; fine-tuning takes the families "
             f"{', '.join(GENERIC_FAMILIES)} (and checkpoints corrected from them)"
         )
-    modality = IMAGE if hasattr(stock_config, "image_size") else TEXT
+    modality = modality_of(stock_config)
     if modality != task.modality:
+        families = ", ".join(name for name in GENERIC_FAMILIES if modality_of(CONFIG_MAPPING[name]()) == task.modality)
         needed = "an image model" if task.modality == IMAGE else "a text model"
-        fail(f"{source} is a {modality} model; --task {task.name} needs {needed}")
+        fail(f"{source} is a {modality} model; --task {task.name} needs {needed} ({families})")
     return config_class
 
 
+def modality_of(config) -> str:
+    return IMAGE if hasattr(config, "image_size") else TEXT
+
+
 def architecture_config(architecture: str, task: Task, correction_kwargs: dict[str, Any]):
-    """The configuration of `--architecture` (a JSON object of BertConfig/ViTConfig fields), checked: its fields
-    exist, have valid values, and build the task's model (on the meta device, so nothing is allocated)."""
-    config_class = CenteredViTConfig if task.modality == IMAGE else CenteredBertConfig
+    """The configuration of `--architecture` (a JSON object of configuration fields, `model_type` naming the family),
+    checked: its fields exist, have valid values, and build the task's model (on the meta device, so nothing is
+    allocated)."""
     try:
         fields = json.loads(architecture)
     except json.JSONDecodeError as error:
         fail(f"architecture must be a JSON object (a mapping in YAML) of configuration fields: {error}")
     if not isinstance(fields, dict):
         fail(f"architecture must be a mapping of configuration fields, got {type(fields).__name__} {architecture}")
+    model_type = fields.pop("model_type", "vit" if task.modality == IMAGE else "bert")
+    if model_type not in GENERIC_FAMILIES:
+        fail(f"architecture's model_type={model_type!r} is not valid: allowed are {', '.join(GENERIC_FAMILIES)}")
+    config_class = checkpoint_config_class(CONFIG_MAPPING[model_type](), "architecture", task)
     options = sorted(set(fields) & argument_names())
     if options:
         fail(f"architecture sets {', '.join(options)}, which are options of their own: pass --{options[0]} instead")
@@ -725,8 +735,13 @@ def architecture_config(architecture: str, task: Task, correction_kwargs: dict[s
     except CONFIG_ERRORS as error:
         fail(f"architecture is not valid: {one_line(error)}")
     try:
+        head_class = task.head_class(config)
+        if head_class is None:
+            fail(f"architecture's model_type={model_type!r} has no head for --task {task.name}")
         with torch.device("meta"):
-            task.model_class(copy.deepcopy(config))
+            head_class(copy.deepcopy(config))
+    except UsageError:
+        raise
     except Exception as error:  # what a configuration's values can break in a model's constructor varies widely
         fail(f"architecture {architecture} does not build a model: {type(error).__name__}: {one_line(error)}")
     return config
@@ -747,8 +762,10 @@ def load_processor(args: FinetuneArguments, config, source: str | None):
             fail(f"cannot load a tokenizer from {tokenizer_source}: {str(error).splitlines()[0]}")
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # decoders' tokenizers often have none; batches need one
-        if getattr(config, "pad_token_id", None) is None:
-            config.pad_token_id = tokenizer.pad_token_id  # a decoder's sequence head finds each text's last token
+        if source is None or getattr(config, "pad_token_id", None) is None:
+            # From scratch the tokenizer decides (RoBERTa's positions skip its padding id); a decoder's sequence head
+            # finds each text's last token by it.
+            config.pad_token_id = tokenizer.pad_token_id
         return tokenizer
     if source is not None:
         try:

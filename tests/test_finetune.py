@@ -733,3 +733,31 @@ def test_an_image_checkpoint_of_another_family_fine_tunes(tmp_path):
     assert 0 <= metrics["eval_accuracy"] <= 1
     model = transformers.AutoModelForImageClassification.from_pretrained(output_dir)
     assert type(model).__name__ == "Dinov2ForImageClassification" and model.config.correction == "neutreno"
+
+
+@pytest.mark.parametrize("family", ["roberta", "llama"])
+def test_an_architecture_of_another_family_trains_from_scratch(assets, tmp_path, family):
+    import transformers
+
+    architecture = {"model_type": family, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2}
+    architecture.update(intermediate_size=20, vocab_size=32, max_position_embeddings=40)
+    output_dir = tmp_path / "out"
+    argv = text_argv(
+        assets, output_dir, "--architecture", json.dumps(architecture), "--tokenizer_name", str(assets.model)
+    )
+    start = argv.index("--model_name_or_path")
+    del argv[start : start + 2]  # from scratch
+    metrics = main([*argv, "--correction", "centered"])
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(output_dir)
+    assert model.config.model_type == f"corrected_{family}" and model.config.num_hidden_layers == 2
+    assert model.config.pad_token_id == BertTokenizer.from_pretrained(assets.model).pad_token_id
+
+
+def test_an_architecture_of_an_unknown_family_fails_in_one_line(assets, tmp_path, capsys):
+    argv = text_argv(assets, tmp_path / "out", "--architecture", json.dumps({"model_type": "t5"}))
+    with pytest.raises(SystemExit):
+        main(argv)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("finetune.py: error: architecture's model_type='t5' is not valid: allowed are bert, ")
+    assert not (tmp_path / "out").exists()

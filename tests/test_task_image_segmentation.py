@@ -400,7 +400,10 @@ def bad_folder(assets, tmp_path: Path, change: str) -> Path:
         ("rgb_mask", r"masks/pair1\.png has PIL mode RGB; a mask is a single-channel image of class ids"),
         ("no_masks_folder", r"--train_dir .*bad has no masks/ folder; it must hold images/ and masks/"),
         ("id2label_too_short", r"holds class id\(s\) \[2, 3\] outside 0\.\.1 \(num_labels=2\)"),
-        ("bert_checkpoint", r"tiny_bert is a text model; --task image-segmentation needs an image model \(ViT\)"),
+        (
+            "bert_checkpoint",
+            r"tiny_bert is a text model; --task image-segmentation needs an image model \(vit, deit, dinov2\)",
+        ),
         (
             "too_many_digits",
             r"mosaic_digits=17 digits do not fit on a 32×32 canvas: its 4×4 cells of 8 pixels .* at most 16",
