@@ -687,6 +687,19 @@ def check_fields(fields: dict) -> None:
         raise ValueError(f"{', '.join(unknown)}: not correction fields; allowed: {', '.join(CORRECTION_FIELDS)}.")
 
 
+def corrected_candidate(stock_config, fields: dict):
+    """A copy of `stock_config` as its corrected class with `fields` (the others at their defaults), validated; the
+    stock configuration is left as it is."""
+    check_fields(fields)
+    config_class = corrected_config_class(type(stock_config))
+    candidate = config_class.__new__(config_class)
+    candidate.__dict__.update(stock_config.__dict__)
+    defaults = {field.name: field.default for field in dataclasses.fields(CorrectionConfigMixin)}
+    candidate.__dict__.update({**defaults, **fields})
+    candidate.validate_corrections()
+    return candidate
+
+
 def correct(model: nn.Module, correction: str | list[str] = "centered", **fields) -> nn.Module:
     """Corrects a loaded model of any supported family in place and returns it.
 
@@ -709,20 +722,14 @@ def correct(model: nn.Module, correction: str | list[str] = "centered", **fields
             f"{type(model).__name__} is corrected already ({model.config.model_type}); allowed: a stock model, or "
             "from_pretrained(..., **fields) to load a corrected one with other fields."
         )
-    check_fields({"correction": correction, **fields})
-    config_class = corrected_config_class(type(model.config))
-    candidate = model.config.__class__.__new__(config_class)
-    candidate.__dict__.update(model.config.__dict__)
-    defaults = {field.name: field.default for field in dataclasses.fields(CorrectionConfigMixin)}
-    candidate.__dict__.update({**defaults, "correction": correction, **fields})
-    candidate.validate_corrections()
+    candidate = corrected_candidate(model.config, {"correction": correction, **fields})
     # Everything a correction needs is checked before the model changes: a refused model stays the stock one.
     corrected_implementation(model.config._attn_implementation)
     for layer in layer_stack(model):
         attention_module(layer)
-    register_corrected_models(config_class)
+    register_corrected_models(type(candidate))
     config = model.config
-    config.__class__ = config_class
+    config.__class__ = type(candidate)
     config.__dict__.update(candidate.__dict__)
     become_corrected(model)
     install_corrections(model)
@@ -730,6 +737,18 @@ def correct(model: nn.Module, correction: str | list[str] = "centered", **fields
         if isinstance(module, (Correction, LayerFusion)):
             module.reset_parameters()
     return model
+
+
+HUB_ARGUMENTS = (
+    "cache_dir",
+    "force_download",
+    "local_files_only",
+    "token",
+    "revision",
+    "subfolder",
+    "trust_remote_code",
+)
+"""The `from_pretrained` arguments that reach the configuration too."""
 
 
 def from_pretrained(auto_class: type, name_or_path, correction: str | list[str] | None = None, **kwargs) -> nn.Module:
@@ -749,15 +768,5 @@ def from_pretrained(auto_class: type, name_or_path, correction: str | list[str] 
     config = AutoConfig.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k in HUB_ARGUMENTS})
     if isinstance(config, CorrectionConfigMixin):
         return auto_class.from_pretrained(name_or_path, **fields, **kwargs)
+    corrected_candidate(config, {"correction": "centered", **fields})  # invalid fields: refused before the weights load
     return correct(auto_class.from_pretrained(name_or_path, **kwargs), **fields)
-
-
-HUB_ARGUMENTS = (
-    "cache_dir",
-    "force_download",
-    "local_files_only",
-    "token",
-    "revision",
-    "subfolder",
-    "trust_remote_code",
-)

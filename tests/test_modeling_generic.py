@@ -429,7 +429,7 @@ def test_a_saved_corrected_model_loads_as_itself(tmp_path, family):
         assert torch.equal(real_rows(output_of(loaded, inputs), inputs), real_rows(output_of(model, inputs), inputs))
 
 
-def test_from_pretrained_corrects_a_stock_checkpoint_and_reloads_a_corrected_one(tmp_path):
+def test_from_pretrained_corrects_a_stock_checkpoint_and_reloads_a_corrected_one(tmp_path, monkeypatch):
     stock_model("roberta").save_pretrained(tmp_path / "stock")
     model = hf_centered.from_pretrained(
         transformers.AutoModelForSequenceClassification,
@@ -445,10 +445,11 @@ def test_from_pretrained_corrects_a_stock_checkpoint_and_reloads_a_corrected_one
         transformers.AutoModelForSequenceClassification, tmp_path / "corrected", neutreno_lambda=0.5
     )
     assert (reloaded.config.correction, reloaded.config.neutreno_lambda) == ("neutreno", 0.5)
+    # A stock checkpoint with an invalid field is refused before its weights load.
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", lambda *args, **kwargs: pytest.fail("loaded"))
     with pytest.raises(ValueError, match="neutreno_lambda="):
-        # a stock checkpoint with an invalid field: refused before loading
         hf_centered.from_pretrained(
-            transformers.AutoModel, tmp_path / "stock", correction="neutreno", neutreno_lambda=-1
+            transformers.AutoModel, tmp_path / "stock", correction="neutreno", neutreno_lambda=-2
         )
 
 
