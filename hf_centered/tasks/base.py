@@ -19,6 +19,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
 from transformers import EvalPrediction, PreTrainedModel
 
 from ..cli import USAGE_ERROR_CODE
+from ..modeling_generic import corrected_model_class, stock_heads
 
 if TYPE_CHECKING:
     from ..finetuning import DataArguments, FinetuneArguments
@@ -103,8 +104,6 @@ class Task:
         family has no such head."""
         if isinstance(config, self.model_class.config_class):
             return self.model_class
-        from ..modeling_generic import corrected_model_class, stock_heads
-
         auto_names = [name for name, cls in self.model_class.auto_model_classes().items() if cls is self.model_class]
         stock_head = stock_heads(config.stock_config_class).get(auto_names[0])
         return None if stock_head is None else corrected_model_class(stock_head)
