@@ -138,8 +138,8 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Local folder or Hub id of a BERT/ViT (or hf_centered) checkpoint; default: the packaged "
-            "all-MiniLM-L6-v2, unless `architecture` is given."
+            "help": "Local folder or Hub id of a checkpoint of a supported family (BERT, ViT, RoBERTa, Llama, ... "
+            "or an hf_centered one); default: the packaged all-MiniLM-L6-v2, unless `architecture` is given."
         },
     )
     architecture: str | None = field(
