@@ -78,8 +78,6 @@ def _loss_and_gradients(model: torch.nn.Module, batches: list[dict[str, torch.Te
 
 
 def _run_case(case: dict, rank: int) -> dict:
-    from torch.distributed.fsdp import fully_shard
-
     model, inputs = _model_and_inputs(case)
     rows = [slice(r * BATCH_SIZE // WORLD_SIZE, (r + 1) * BATCH_SIZE // WORLD_SIZE) for r in range(WORLD_SIZE)]
     # DGN normalises with the statistics of the batch a process sees, as BatchNorm does under data parallelism: its
@@ -92,11 +90,26 @@ def _run_case(case: dict, rank: int) -> dict:
     sharded, _ = _model_and_inputs(case)
     single_loss, single_gradients = _loss_and_gradients(model, batches, labels)
 
-    for layer in _layers(sharded):
+    own = rows[rank]
+    own_inputs = {**{key: value[own] for key, value in inputs.items()}, "labels": LABELS[own]}
+    return compared_with_sharded(sharded, _layers(sharded), own_inputs, single_loss, single_gradients)
+
+
+def compared_with_sharded(
+    sharded: torch.nn.Module,
+    layers: torch.nn.ModuleList,
+    own_inputs: dict[str, torch.Tensor],
+    single_loss: float,
+    single_gradients: dict[str, torch.Tensor],
+) -> dict:
+    """`fully_shard` on every layer then on the root, one forward and backward of this process's `own_inputs`; the
+    mean loss over the processes and each gradient (gathered) against the one-process reference, JSON-safe."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in layers:
         fully_shard(layer)
     fully_shard(sharded)
-    own = rows[rank]
-    loss = sharded(**{key: value[own] for key, value in inputs.items()}, labels=LABELS[own]).loss
+    loss = sharded(**own_inputs).loss
     loss.backward()
     sharded_loss = loss.detach().clone()
     torch.distributed.all_reduce(sharded_loss)

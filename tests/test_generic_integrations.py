@@ -22,7 +22,7 @@ import torch
 import transformers
 from conftest import STRONG
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_fsdp import REPO_ROOT, WORLD_SIZE, _free_port
+from test_fsdp import REPO_ROOT, WORLD_SIZE, _free_port, compared_with_sharded
 from test_modeling_generic import family_config
 from torch import nn
 from transformers import Trainer, TrainingArguments
@@ -192,7 +192,6 @@ def test_lora_trains_the_adapter_and_the_corrections_which_act_merge_and_reload(
 def _sharded_run(family: str, rank: int) -> dict:
     """One family: the loss and gradients of `fully_shard` per layer then on the root, each process on half the
     batch, against one process that runs both halves."""
-    from torch.distributed.fsdp import fully_shard
 
     def model_with_moved_gates() -> nn.Module:
         model = corrected_model(family)
@@ -218,23 +217,9 @@ def _sharded_run(family: str, rank: int) -> dict:
     single_gradients = {name: p.grad for name, p in single.named_parameters() if p.grad is not None}
 
     sharded = model_with_moved_gates()
-    for layer in sharded.get_submodule(LAYERS[family]):
-        fully_shard(layer)
-    fully_shard(sharded)
-    loss = sharded(**halves[rank]).loss
-    loss.backward()
-    sharded_loss = loss.detach().clone()
-    torch.distributed.all_reduce(sharded_loss)
-    gradients = {name: p.grad.full_tensor() for name, p in sharded.named_parameters() if p.grad is not None}
-    return {
-        "loss": [single_loss, sharded_loss.item() / WORLD_SIZE],
-        "gradients": {
-            name: [(gradients[name] - gradient).abs().max().item(), gradient.abs().max().item()]
-            for name, gradient in single_gradients.items()
-            if name in gradients
-        },
-        "missing": sorted(set(single_gradients) ^ set(gradients)),
-    }
+    return compared_with_sharded(
+        sharded, sharded.get_submodule(LAYERS[family]), halves[rank], single_loss, single_gradients
+    )
 
 
 def _worker(output: str) -> None:
