@@ -34,9 +34,9 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_centered import CenteredBertConfig
-from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
+from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, CorrectionState
 from .corrections import build_corrections
-from .fusion import LayerFusion, build_fusion
+from .fusion import build_fusion
 from .modeling_common import (
     CenteredPreTrainedMixin,
     apply_corrections,
@@ -213,12 +213,6 @@ class CenteredBertPreTrainedModel(CenteredPreTrainedMixin, BertPreTrainedModel):
     @classmethod
     def auto_model_classes(cls) -> dict[str, type["CenteredBertPreTrainedModel"]]:
         return AUTO_MODEL_CLASSES
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, (Correction, LayerFusion)):
-            module.reset_parameters()
 
 
 class CenteredBertModel(CenteredBertPreTrainedModel, BertModel):

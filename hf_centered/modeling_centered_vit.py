@@ -25,9 +25,9 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_centered import CenteredViTConfig
-from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, Correction, CorrectionState
+from .correction_base import ATTENTION_SITE, BEFORE_NORM_SITE, LAYER_OUTPUT_SITE, CorrectionState
 from .corrections import build_corrections
-from .fusion import LayerFusion, build_fusion
+from .fusion import build_fusion
 from .modeling_common import (
     CenteredPreTrainedMixin,
     apply_corrections,
@@ -137,12 +137,6 @@ class CenteredViTPreTrainedModel(CenteredPreTrainedMixin, ViTPreTrainedModel):
     @classmethod
     def auto_model_classes(cls) -> dict[str, type["CenteredViTPreTrainedModel"]]:
         return AUTO_MODEL_CLASSES
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, (Correction, LayerFusion)):
-            module.reset_parameters()
 
 
 class CenteredViTModel(CenteredViTPreTrainedModel, ViTModel):

@@ -82,6 +82,7 @@ class CenteredPreTrainedMixin:
       `post_init` that every stock `__init__` calls, which runs before our classes replace the layers, and in a head
       before the head replaces its stock backbone. So it is held back from the stock constructors and handed back for
       the `post_init` our classes call last, once their own layers are in place.
+    - `_init_weights` also initialises the corrections' and the fusion's new parameters.
     - `copy.deepcopy(model)` copies the configuration before the modules, so that the copied corrections read the
       copy's configuration (a correction copied on its own keeps reading the model's, see `Correction.__deepcopy__`).
     - `correction_strengths()` reports the strength of every correction where it acts.
@@ -109,6 +110,12 @@ class CenteredPreTrainedMixin:
         if self.is_remote_code():  # only then is the modelling code copied alongside
             self.config.auto_map = complete_auto_map(type(self.config), self.auto_model_classes())
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, (Correction, LayerFusion)):
+            module.reset_parameters()
 
     def __deepcopy__(self, memo: dict):
         copy.deepcopy(self.config, memo)
