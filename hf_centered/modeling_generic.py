@@ -112,13 +112,15 @@ class ForwardContext:
             static cache's spans its every slot), a dict of them per attention type, or None.
         first_values: layer 0's values of this forward's tokens, `(B, H_kv, n, d_h)` (NeuTRENO's V⁰).
         layer_outputs: under a fusion, each layer's output in order, for the fusion after the last layer.
-        mask_bounds: what `key_bounds` found for each attention mask (by id).
+        key_padding_masks, mask_bounds: what `key_padding_mask` and `key_bounds` found for each attention mask (by
+            id).
     """
 
     past_length: int = 0
     attention_mask: torch.Tensor | None = None
     first_values: torch.Tensor | None = None
     layer_outputs: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    key_padding_masks: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
     mask_bounds: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = dataclasses.field(default_factory=dict)
 
     def padding_mask(self, num_tokens: int) -> torch.Tensor | None:
@@ -129,10 +131,17 @@ class ForwardContext:
             mask = next((value for value in mask.values() if isinstance(value, torch.Tensor)), None)
         if not isinstance(mask, torch.Tensor):
             return None
-        if mask.dim() == 4:
-            mask = allowed_keys(mask).any(dim=(1, 2))
-        start = self.tokens_start(num_tokens, mask.shape[-1])
-        return mask[:, start : start + num_tokens].bool()
+        key_mask = self.key_padding_mask(mask)
+        start = self.tokens_start(num_tokens, key_mask.shape[-1])
+        return key_mask[:, start : start + num_tokens]
+
+    def key_padding_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`(B, k)` bool, the keys some query may attend to (the real ones), from a 2-D or 4-D mask; computed once
+        per mask and forward, not once per layer."""
+        key = id(attention_mask)
+        if key not in self.key_padding_masks:
+            self.key_padding_masks[key] = key_padding_mask_from_attention_mask(attention_mask, attention_mask.shape[0])
+        return self.key_padding_masks[key]
 
     def key_bounds(
         self, attention_mask: torch.Tensor, key_mask: torch.Tensor
@@ -197,7 +206,7 @@ def attention_state(
             f"implementations are {', '.join(repr(name) for name in STOCK_BACKENDS)}."
         )
     local = getattr(module, "sliding_window", None) is not None or kwargs.get("sliding_window") is not None
-    key_padding_mask = key_padding_mask_from_attention_mask(attention_mask, attention_mask.shape[0])
+    key_padding_mask = context.key_padding_mask(attention_mask)
     state = CorrectionState(first_values=first_values, key_padding_mask=key_padding_mask, tokens_start=tokens_start)
     if not (getattr(module, "is_causal", False) or local):
         return state
@@ -543,12 +552,6 @@ class CorrectedModelMixin(CenteredPreTrainedMixin):
             name: corrected_model_class(model_class) for name, model_class in stock_heads(stock_config_class).items()
         }
 
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, (Correction, LayerFusion)):
-            module.reset_parameters()
-
     def set_attn_implementation(self, attn_implementation, *args, **kwargs):
         """A stock implementation name selects its corrected counterpart (the corrections would be skipped)."""
         if isinstance(attn_implementation, str):
@@ -638,6 +641,12 @@ def install_corrections(model: nn.Module) -> None:
         base_model.has_correction_context_hook = True
 
 
+@functools.cache
+def forward_signature(model_class: type) -> inspect.Signature:
+    """The signature of `model_class.forward` (read once per class: the pre-hook binds it at every forward)."""
+    return inspect.signature(model_class.forward)
+
+
 def inject_context(base_model: nn.Module, args: tuple, kwargs: dict, model: nn.Module):
     """Forward pre-hook of the base model: checks the configuration and passes a fresh `ForwardContext` down."""
     config = model.config
@@ -649,7 +658,7 @@ def inject_context(base_model: nn.Module, args: tuple, kwargs: dict, model: nn.M
         )
     if model.training and needs_first_values(config):
         check_not_reentrant(model)
-    bound = inspect.signature(base_model.forward).bind_partial(*args, **kwargs).arguments
+    bound = forward_signature(type(base_model)).bind_partial(base_model, *args, **kwargs).arguments
     cache = bound.get("past_key_values")
     # A static cache counts in a tensor that its update advances in place: the count before this forward is copied.
     past_length = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
