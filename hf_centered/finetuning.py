@@ -400,10 +400,11 @@ def validate_arguments(args: FinetuneArguments) -> None:
         fail(f"unknown task {data_args.task!r}; choose among {', '.join(available_tasks())}")
     check_task_options(args)
     own_data = data_args.train_file is not None or args.task.names_own_data(args)
-    builtin_task = task_of_dataset(data_args.dataset_name) if not own_data else None
-    if builtin_task not in (None, data_args.task):
+    dataset = data_args.dataset_name
+    if not own_data and dataset in builtin_datasets() and dataset not in args.task.builtin_datasets:
+        readers = ", ".join(task.name for task in TASKS.values() if dataset in task.builtin_datasets)
         fail(
-            f"the built-in dataset {data_args.dataset_name!r} is for --task {builtin_task}; the built-in datasets of "
+            f"the built-in dataset {dataset!r} is for --task {readers}; the built-in datasets of "
             f"{data_args.task} are {', '.join(args.task.builtin_datasets) or 'none (give files or a Hub name)'}"
         )
     if data_args.dataset_name is None and not own_data:
@@ -660,7 +661,11 @@ def resolve_base_config(args: FinetuneArguments) -> tuple[Any, str | None]:
             fail(f"cannot load the checkpoint {source}: {error}")
         config = checkpoint_config_class(stock_config, source, task).from_pretrained(source, **correction_kwargs)
         if task.head_class(config) is None:
-            fail(f"{source} is a {stock_config.model_type!r} model, whose family has no head for --task {task.name}")
+            given = "" if model_args.model_name_or_path else " (the default checkpoint)"
+            fail(
+                f"{source}{given} is a {stock_config.model_type!r} model, whose family has no head for --task "
+                f"{task.name}; give a checkpoint of {', '.join(families_of(task))} or an --architecture"
+            )
         return config, source
     except CONFIG_ERRORS as error:  # the configuration's own validation, e.g. correction_layers
         fail(one_line(error))
@@ -691,14 +696,24 @@ def checkpoint_config_class(stock_config, source: str, task: Task) -> type:
         )
     modality = modality_of(stock_config)
     if modality != task.modality:
-        families = ", ".join(name for name in GENERIC_FAMILIES if modality_of(CONFIG_MAPPING[name]()) == task.modality)
         needed = "an image model" if task.modality == IMAGE else "a text model"
-        fail(f"{source} is a {modality} model; --task {task.name} needs {needed} ({families})")
+        fail(f"{source} is a {modality} model; --task {task.name} needs {needed} ({', '.join(families_of(task))})")
     return config_class
 
 
 def modality_of(config) -> str:
     return IMAGE if hasattr(config, "image_size") else TEXT
+
+
+def families_of(task: Task) -> list[str]:
+    """The model types of `GENERIC_FAMILIES` with a head for `task`."""
+    families = []
+    for name in GENERIC_FAMILIES:
+        stock_config = CONFIG_MAPPING[name]()
+        config_class = DEDICATED_CONFIG_CLASSES.get(name) or corrected_config_class(type(stock_config))
+        if modality_of(stock_config) == task.modality and task.head_class(config_class()) is not None:
+            families.append(name)
+    return families
 
 
 def architecture_config(architecture: str, task: Task, correction_kwargs: dict[str, Any]):
@@ -711,7 +726,7 @@ def architecture_config(architecture: str, task: Task, correction_kwargs: dict[s
         fail(f"architecture must be a JSON object (a mapping in YAML) of configuration fields: {error}")
     if not isinstance(fields, dict):
         fail(f"architecture must be a mapping of configuration fields, got {type(fields).__name__} {architecture}")
-    model_type = fields.pop("model_type", "vit" if task.modality == IMAGE else "bert")
+    model_type = fields.pop("model_type", task.scratch_model_type)
     if model_type not in GENERIC_FAMILIES:
         fail(f"architecture's model_type={model_type!r} is not valid: allowed are {', '.join(GENERIC_FAMILIES)}")
     config_class = checkpoint_config_class(CONFIG_MAPPING[model_type](), "architecture", task)
@@ -721,7 +736,8 @@ def architecture_config(architecture: str, task: Task, correction_kwargs: dict[s
     reserved = sorted(set(fields) & ARCHITECTURE_RESERVED_FIELDS)
     if reserved:
         fail(f"architecture sets {', '.join(reserved)}, which the run decides (the labels come from the data)")
-    allowed = set(config_class().to_dict()) - ARCHITECTURE_RESERVED_FIELDS
+    # a family's own names and transformers' common ones it maps to them (GPT-2's hidden_size is n_embd)
+    allowed = (set(config_class().to_dict()) | set(config_class.attribute_map)) - ARCHITECTURE_RESERVED_FIELDS
     unknown = sorted(set(fields) - allowed)
     if unknown:
         hints = [
@@ -734,6 +750,20 @@ def architecture_config(architecture: str, task: Task, correction_kwargs: dict[s
         config = config_class(**fields, **correction_kwargs)
     except CONFIG_ERRORS as error:
         fail(f"architecture is not valid: {one_line(error)}")
+    vocab_size = getattr(config, "vocab_size", None)
+    outside = [
+        f"{name}={value}"
+        for name, value in config.to_dict().items()
+        if name.endswith("_token_id")
+        and isinstance(value, int)
+        and isinstance(vocab_size, int)
+        and 0 < vocab_size <= value
+    ]
+    if outside:  # the family's defaults name its own tokenizer's ids
+        fail(
+            f"architecture's {', '.join(outside)} lie outside its vocab_size={vocab_size}: set them to your "
+            "tokenizer's ids of those tokens in the architecture"
+        )
     try:
         head_class = task.head_class(config)
         if head_class is None:

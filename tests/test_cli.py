@@ -186,6 +186,11 @@ ARCHITECTURE_CASES = [
     ("heads", {"hidden_size": 30}, r"does not build a model: ValueError: The hidden size \(30\) is not a multiple"),
     ("negative_vocab", {"vocab_size": -3}, r"does not build a model: RuntimeError: .*negative dimension -3"),
     ("activation", {"hidden_act": "nope"}, r"does not build a model: KeyError: 'nope'"),
+    (
+        "token_ids_beyond_the_vocabulary",  # ModernBERT's defaults name its own tokenizer's ids
+        {"model_type": "modernbert", "vocab_size": 100},
+        r"architecture's pad_token_id=50283, .*sep_token_id=50282 lie outside its vocab_size=100: set them to your",
+    ),
     ("correction", {"correction": "centered"}, r"sets correction, which are options of their own: pass --correction"),
     ("labels", {"num_labels": 3}, r"sets num_labels, which are options of their own: pass --num_labels"),
     ("label_names", {"id2label": {"0": "a"}}, r"sets id2label, which the run decides \(the labels come from the data"),

@@ -712,7 +712,8 @@ def test_a_checkpoint_whose_family_lacks_the_head_fails_in_one_line(assets, tmp_
     assert raised.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert error == [
-        f"finetune.py: error: {checkpoint} is a 'llama' model, whose family has no head for --task fill-mask"
+        f"finetune.py: error: {checkpoint} is a 'llama' model, whose family has no head for --task fill-mask; give a "
+        "checkpoint of bert, roberta, distilbert, electra, modernbert or an --architecture"
     ]
     assert not (tmp_path / "out").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import pytest
@@ -13,7 +14,7 @@ from hf_centered.auto import auto_class_name
 from hf_centered.configuration_centered import CenteredBertConfig, CenteredViTConfig
 from hf_centered.finetuning import RUNNER_ARGUMENT_CLASSES, main
 from hf_centered.hub import PIPELINE_TAGS
-from hf_centered.tasks import TASKS, UsageError
+from hf_centered.tasks import TASKS, UsageError, builtin_datasets, task_of_dataset
 from hf_centered.tasks.base import IMAGE, TEXT
 
 TASK_NAMES = list(TASKS)
@@ -35,8 +36,10 @@ def test_task_contract(name):
     task = TASKS[name]
     assert task.name == name and task.modality in (TEXT, IMAGE)
     assert task.metric_names, "a task reports at least one metric"
-    config_class = CenteredViTConfig if task.modality == IMAGE else CenteredBertConfig
-    assert task.model_class.config_class is config_class
+    if task.model_class is not None:  # the dedicated head is the one its Auto class loads for the dedicated family
+        config_class = CenteredViTConfig if task.modality == IMAGE else CenteredBertConfig
+        assert task.model_class.config_class is config_class
+        assert task.model_class.auto_model_classes()[task.auto_class] is task.model_class
     if task.arguments is not None:
         assert dataclasses.is_dataclass(task.arguments)
         task.arguments()  # every task option has a default: a run of another task parses without it
@@ -44,18 +47,21 @@ def test_task_contract(name):
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_the_head_is_exported_with_the_task_as_pipeline_tag(name):
+    """The head an --architecture of the task's default family builds: its Auto class is the task's, whose pipeline
+    tag is the task's name."""
     task = TASKS[name]
-    config_class = CenteredViTConfig if task.modality == IMAGE else CenteredBertConfig
     tiny = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=9)
     if task.modality == IMAGE:
         tiny.update(image_size=8, patch_size=4, num_channels=1)
-    model = task.model_class(config_class(**tiny))
-    assert PIPELINE_TAGS[auto_class_name(model)] == name
+    config = finetuning.architecture_config(json.dumps(tiny), task, {})
+    model = task.head_class(config)(config)
+    assert auto_class_name(model) == task.auto_class and PIPELINE_TAGS[task.auto_class] == name
 
 
-def test_builtin_dataset_names_are_unique():
-    names = [dataset for task in TASKS.values() for dataset in task.builtin_datasets]
-    assert len(names) == len(set(names))
+def test_a_built_in_dataset_runs_its_first_readers_task_by_default():
+    for dataset in builtin_datasets():
+        readers = [name for name, task in TASKS.items() if dataset in task.builtin_datasets]
+        assert task_of_dataset(dataset) == readers[0]
 
 
 def test_task_options_do_not_clash():

@@ -56,7 +56,7 @@ def execute_unit(unit: Unit, output_dir: Path, profile_sequences: int, recipe: l
         result.update(quality, train_seconds=training_seconds(output_dir))
         headline = args.task.metric_names[0]
         summary = f"{headline} {quality[headline]:.4f}, "
-        model = args.task.model_class.from_pretrained(output_dir)
+        model = args.task.head_class(config).from_pretrained(output_dir)
         if has_learned_strengths(model):
             result["strengths"] = model.correction_strengths()
     else:

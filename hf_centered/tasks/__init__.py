@@ -8,6 +8,7 @@ from .image_classification import ImageClassification
 from .image_segmentation import ImageSegmentation
 from .question_answering import QuestionAnswering
 from .text_classification import TextClassification
+from .text_generation import TextGeneration
 from .token_classification import TokenClassification
 
 TASKS: dict[str, Task] = {
@@ -19,6 +20,7 @@ TASKS: dict[str, Task] = {
         TokenClassification(),
         FillMask(),
         QuestionAnswering(),
+        TextGeneration(),
     )
 }
 DEFAULT_TASK = "text-classification"
@@ -29,12 +31,13 @@ def available_tasks() -> list[str]:
 
 
 def task_of_dataset(dataset_name: str | None) -> str | None:
-    """The task whose built-in dataset `dataset_name` is (None for other names)."""
+    """The task a run of the built-in dataset `dataset_name` trains by default: the first that lists it (None for
+    other names)."""
     return next((task.name for task in TASKS.values() if dataset_name in task.builtin_datasets), None)
 
 
 def builtin_datasets() -> list[str]:
-    return [name for task in TASKS.values() for name in task.builtin_datasets]
+    return list(dict.fromkeys(name for task in TASKS.values() for name in task.builtin_datasets))
 
 
 __all__ = ["DEFAULT_TASK", "TASKS", "Task", "TaskData", "UsageError", "available_tasks", "builtin_datasets", "fail"]

@@ -76,10 +76,13 @@ class Task:
     """The Hub pipeline tag, also the value of `--task`."""
     modality: ClassVar[str]
     """`"text"` (a BERT, a tokenizer) or `"image"` (a ViT, an image processor)."""
-    model_class: ClassVar[type[PreTrainedModel]]
-    """The head this task trains."""
+    auto_class: ClassVar[str]
+    """The Auto class that loads this task's head in any family (`"AutoModelForSequenceClassification"`)."""
+    model_class: ClassVar[type[PreTrainedModel] | None] = None
+    """The dedicated corrected BERT or ViT head this task trains, or None where only the generic path has one."""
     builtin_datasets: ClassVar[tuple[str, ...]] = ()
-    """Offline datasets this task knows by name (`--dataset_name`); each name belongs to one task."""
+    """Offline datasets this task knows by name (`--dataset_name`). Several tasks may read one; a run naming a
+    dataset without `--task` trains the first registered task that lists it."""
     column_options: ClassVar[tuple[str, ...]] = ()
     """The runner's column options (`--text_column`, `--label_column`) this task's data reading honours; another
     one given is refused, since the task would silently ignore it."""
@@ -100,13 +103,18 @@ class Task:
 
     def head_class(self, config) -> type[PreTrainedModel] | None:
         """The head this task trains for `config`: `model_class` for the corrected BERT and ViT, else the generic
-        path's corrected head of the configuration's family (the one the same Auto class loads), or None where the
-        family has no such head."""
-        if isinstance(config, self.model_class.config_class):
+        path's corrected head of the configuration's family (the one `auto_class` loads), or None where the family
+        has no such head."""
+        if self.model_class is not None and isinstance(config, self.model_class.config_class):
             return self.model_class
-        auto_names = [name for name, cls in self.model_class.auto_model_classes().items() if cls is self.model_class]
-        stock_head = stock_heads(config.stock_config_class).get(auto_names[0])
+        stock_config_class = getattr(config, "stock_config_class", None)
+        stock_head = None if stock_config_class is None else stock_heads(stock_config_class).get(self.auto_class)
         return None if stock_head is None else corrected_model_class(stock_head)
+
+    @property
+    def scratch_model_type(self) -> str:
+        """The family `--architecture` builds when it names no `model_type`."""
+        return "vit" if self.modality == IMAGE else "bert"
 
     def names_own_data(self, args: FinetuneArguments) -> bool:
         """Whether this task's own options name the training data (e.g. a folder of images), which then replaces

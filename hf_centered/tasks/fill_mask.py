@@ -3,14 +3,8 @@ accuracy and perplexity.
 
 Data. Each text is one example, truncated to `max_seq_length` tokens (line by line, as HF's run_mlm.py with
 `--line_by_line`): texts are not concatenated and cut into blocks, so no example mixes two texts, and what a long text
-holds beyond `max_seq_length` tokens is left out.
-- `text_corpus`, built in and offline: the 12,808 Rotten Tomatoes review snippets and the 2,225 BBC News articles,
-  15,033 texts, split at random by `seed` (`validation_split_fraction` held out) with the same share of each source
-  on both sides.
-- Local files: csv/json(l)/parquet with a `text_column` (an empty text is an error), or plain .txt with one example
-  per non-empty line (blank lines are skipped); a .txt training file takes a .txt validation file.
-- Hub datasets (`datasets.load_dataset(dataset_name)`) with a `text_column`; their empty rows are skipped: corpora such
-  as wikitext separate paragraphs with them, and a Hub dataset cannot be edited as a file can.
+holds beyond `max_seq_length` tokens is left out. The texts are read as `tasks.texts` says: the built-in
+`text_corpus`, .txt or csv/json(l)/parquet files with a `text_column`, or a Hub dataset.
 
 Masking is transformers' `DataCollatorForLanguageModeling`: `mlm_probability` (15%) of the tokens of each text, never
 special tokens or padding; of the chosen ones 80% become [MASK], 10% a random token and 10% stay as they are. With
@@ -37,30 +31,17 @@ matrix, whose copy would make the adapter as large as the embeddings and untie t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Value
+from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenClassification, EvalPrediction
 
-from .. import data as offline_data
 from ..metrics import load_metric
 from ..modeling_centered_bert import CenteredBertForMaskedLM
-from .base import (
-    TEXT,
-    Task,
-    TaskData,
-    check_texts,
-    dataset_dict,
-    fail,
-    load_data_files,
-    require_columns,
-    require_examples,
-    split_indices,
-    subsample_splits,
-)
+from .base import TEXT, Task, TaskData, fail, require_examples, subsample_splits
+from .texts import TEXT_CORPUS, check_tokenizer_fits, read_texts, tokenizer_name
 
 if TYPE_CHECKING:
     from ..finetuning import FinetuneArguments
@@ -72,7 +53,6 @@ EVALUATION_MASKING_SEED = 0
 MASKING_BATCH_SIZE = 256
 """Evaluation rows masked per collator call in `mask_once`."""
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-TEXT_FILE_SUFFIX = ".txt"
 
 
 @dataclass
@@ -138,8 +118,9 @@ class DataCollatorForLanguageModelingWithFixedEvaluation(DataCollatorForLanguage
 class FillMask(Task):
     name = "fill-mask"
     modality = TEXT
+    auto_class = "AutoModelForMaskedLM"
     model_class = CenteredBertForMaskedLM
-    builtin_datasets = ("text_corpus",)
+    builtin_datasets = (TEXT_CORPUS,)
     column_options = ("text_column",)
     arguments = FillMaskArguments
     metric_names = ("accuracy", "perplexity")
@@ -155,7 +136,7 @@ class FillMask(Task):
     def load_data(self, args: FinetuneArguments, config, processor) -> TaskData:
         options, data_args = self.options(args), args.data
         check_tokenizer(processor, config, options, data_args.max_seq_length)
-        raw, dataset_label = self.read_texts(args)
+        raw, dataset_label = read_texts(args, self.builtin_datasets)
         require_examples(raw)
         train, evaluation = subsample_splits(raw, args)
 
@@ -186,30 +167,6 @@ class FillMask(Task):
             profile_inputs=evaluation.select_columns(model_inputs),
         )
 
-    def read_texts(self, args: FinetuneArguments) -> tuple[DatasetDict, str]:
-        """`DatasetDict(train, validation)` of one `text` column, and the dataset's name for the card."""
-        data_args, seed = args.data, args.training.seed
-        if data_args.dataset_name in self.builtin_datasets:
-            return text_corpus(data_args.validation_split_fraction, seed), data_args.dataset_name
-        column = data_args.text_column
-        files = [path for path in (data_args.train_file, data_args.validation_file) if path is not None]
-        text_files = [path for path in files if Path(path).suffix.lower() == TEXT_FILE_SUFFIX]
-        if text_files and len(text_files) != len(files):
-            fail(f"give both data files as .txt or neither; got {', '.join(files)}")
-        if text_files:
-            raw = read_text_files(data_args, column, seed)
-        else:
-            raw = require_columns(load_data_files(data_args, seed, self.builtin_datasets), [column])
-        if data_args.dataset_name is not None:  # a Hub dataset: blank rows separate paragraphs (module docstring)
-            raw = raw.filter(lambda row: row[column] is not None and bool(str(row[column]).strip()))
-        else:
-            check_texts(raw, column)
-        # pandas gives large_string for csv/parquet text but string for json: one type for both splits
-        raw = raw.cast_column(column, Value("string"))
-        if column != "text":
-            raw = raw.rename_column(column, "text")
-        return raw, data_args.dataset_name or Path(data_args.train_file).stem
-
     def data_collator(self, args: FinetuneArguments, processor) -> DataCollatorForLanguageModelingWithFixedEvaluation:
         # Training masks come from the global RNG, which the Trainer seeds and saves in its checkpoints.
         return masking_collator(processor, self.options(args))
@@ -232,21 +189,12 @@ class FillMask(Task):
 def check_tokenizer(tokenizer, config, options: FillMaskArguments, max_seq_length: int) -> None:
     """What the tokenizer must offer the masking and the model: a mask token, ids inside the model's vocabulary,
     offsets for whole words, and no longer sequences than the model has positions."""
-    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    name = tokenizer_name(tokenizer)
     if tokenizer.mask_token is None:
         fail(f"the tokenizer {name} has no mask token; masked-LM training needs one (e.g. BERT's [MASK])")
-    if len(tokenizer) > config.vocab_size:
-        fail(
-            f"the tokenizer {name} has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}: use "
-            "the model's own tokenizer, or from scratch an architecture with vocab_size >= the tokenizer's"
-        )
+    check_tokenizer_fits(tokenizer, config, max_seq_length)
     if options.whole_word_mask and not tokenizer.is_fast:
         fail(f"--whole_word_mask needs a fast tokenizer (it reads where each token lies in the text); {name} is not")
-    if max_seq_length > config.max_position_embeddings:
-        fail(
-            f"max_seq_length={max_seq_length} exceeds the model's max_position_embeddings="
-            f"{config.max_position_embeddings}"
-        )
 
 
 def masking_collator(
@@ -262,35 +210,6 @@ def masking_collator(
         seed=seed,
         **replacement,
     )
-
-
-def text_corpus(validation_fraction: float, seed: int) -> DatasetDict:
-    """The built-in `text_corpus`: Rotten Tomatoes snippets and BBC News articles, split with equal source shares."""
-    reviews, _, _ = offline_data.rotten_tomatoes()
-    articles, _, _ = offline_data.bbc_news()
-    sources = [0] * len(reviews) + [1] * len(articles)
-    train_idx, eval_idx = split_indices(sources, validation_fraction, seed)
-    return dataset_dict({"text": reviews + articles}, train_idx, eval_idx)
-
-
-def read_text_files(data_args, column: str, seed: int) -> DatasetDict:
-    """Plain-text data files, one example per non-empty line, in `column`; without a validation file a seeded
-    `validation_split_fraction` of the training lines is held out."""
-    splits = {}
-    for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file)):
-        if path is None:
-            continue
-        try:
-            lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError:
-            fail(f"data file {path} is not UTF-8 text; save it as UTF-8")
-        if not lines:
-            fail(f"data file {path} holds no text (a .txt file holds one example per non-empty line)")
-        splits[split] = Dataset.from_dict({column: lines})
-    if "validation" not in splits:
-        held_out = splits["train"].train_test_split(test_size=data_args.validation_split_fraction, seed=seed)
-        splits = {"train": held_out["train"], "validation": held_out["test"]}
-    return DatasetDict(splits)
 
 
 def mask_once(dataset: Dataset, collator: DataCollatorForLanguageModeling) -> Dataset:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class ImageClassification(Task):
     name = "image-classification"
     modality = IMAGE
+    auto_class = "AutoModelForImageClassification"
     model_class = CenteredViTForImageClassification
     builtin_datasets = ("digits",)
     metric_names = ("accuracy", "f1_macro")

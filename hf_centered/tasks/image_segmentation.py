@@ -441,6 +441,7 @@ def predicted_classes(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 class ImageSegmentation(Task):
     name = "image-segmentation"
     modality = IMAGE
+    auto_class = "AutoModelForSemanticSegmentation"
     model_class = CenteredViTForSemanticSegmentation
     builtin_datasets = (DIGIT_MOSAICS,)
     column_options = ("label_column",)

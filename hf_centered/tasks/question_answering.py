@@ -101,6 +101,7 @@ class EvaluationLinks:
 class QuestionAnswering(Task):
     name = "question-answering"
     modality = TEXT
+    auto_class = "AutoModelForQuestionAnswering"
     model_class = CenteredBertForQuestionAnswering
     arguments = QuestionAnsweringArguments
     metric_names = ("exact_match", "f1")

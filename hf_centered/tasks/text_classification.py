@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 class TextClassification(Task):
     name = "text-classification"
     modality = TEXT
+    auto_class = "AutoModelForSequenceClassification"
     model_class = CenteredBertForSequenceClassification
     builtin_datasets = ("rotten_tomatoes", "bbc_news")
     column_options = ("text_column", "label_column")

@@ -95,6 +95,7 @@ class TokenClassificationArguments:
 class TokenClassification(Task):
     name = "token-classification"
     modality = TEXT
+    auto_class = "AutoModelForTokenClassification"
     model_class = CenteredBertForTokenClassification
     builtin_datasets = ("wnut16",)
     arguments = TokenClassificationArguments
