@@ -3,6 +3,7 @@
     python experiments/run_all.py                 # the full plan: docs/RESULTS.md (about 10 hours on 2 CPU cores)
     python experiments/run_all.py --quick         # every code path on small slices (minutes)
     python experiments/run_all.py --report-only   # rewrite the tables and plots from the cached results
+    python experiments/run_all.py --only masked_lm_depth   # measure one experiment's missing units, then the report
 
 Every measurement is one unit: a key and the exact `finetune.py` options that produce it. Finished units are cached in
 a JSON file as soon as they complete, so an interrupted run resumes where it stopped, and a changed plan reruns only
@@ -20,6 +21,8 @@ order (`EXPERIMENTS`), each in a module that says what its units are:
 - `masked_lm_depth.MASKED_LM_DEPTH`: BERT masked language models trained from scratch on the text corpus at
   depths 2 to 24.
 - `segmentation_depth.SEGMENTATION_DEPTH`: a ViT segmenting digit mosaics, trained from scratch at depths 4 to 32.
+- `family_language_models.FAMILY_LANGUAGE_MODELS`: RoBERTa- and ModernBERT-style masked LMs and a Llama-style causal
+  LM, corrected through the generic path, trained from scratch on the text corpus at depths 4 to 16.
 
 A variant is every registered correction alone and every registered fusion alone, so a new method joins the
 experiments without an edit. The text units run one at a time on every core (their training times are compared); the
@@ -43,6 +46,7 @@ from typing import Any
 from runner import REPO_ROOT  # first: puts this checkout's package first on sys.path, before anything imports it
 
 # isort: split
+import family_language_models
 import learned_strengths
 import masked_lm_depth
 import minilm
@@ -62,6 +66,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     wnut16_tagging.TAGGING,
     masked_lm_depth.MASKED_LM_DEPTH,
     segmentation_depth.SEGMENTATION_DEPTH,
+    family_language_models.FAMILY_LANGUAGE_MODELS,
 )
 
 
@@ -120,6 +125,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small slices of every experiment (minutes)")
     parser.add_argument("--report-only", action="store_true", help="only regenerate the report from cached results")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[experiment.name for experiment in EXPERIMENTS],
+        metavar="EXPERIMENT",
+        help="measure only these experiments' missing units (then write the whole report); one of: "
+        + ", ".join(experiment.name for experiment in EXPERIMENTS),
+    )
     return parser.parse_args(argv)
 
 
@@ -130,7 +143,10 @@ def main(argv: list[str] | None = None, plan: Plan | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.report_only:
         started = time.perf_counter()
-        failures = run_plan(plan, log=lambda line: print(line, flush=True))
+        measured = plan
+        if args.only:
+            measured = replace(plan, experiments=tuple(e for e in plan.experiments if e.name in args.only))
+        failures = run_plan(measured, log=lambda line: print(line, flush=True))
         print(f"ran for {(time.perf_counter() - started) / 60:.1f} min", flush=True)
         if failures:
             print(f"{len(failures)} unit(s) failed; rerun to retry them:", *failures, sep="\n  ", file=sys.stderr)

@@ -750,19 +750,12 @@ def architecture_config(architecture: str, task: Task, correction_kwargs: dict[s
         config = config_class(**fields, **correction_kwargs)
     except CONFIG_ERRORS as error:
         fail(f"architecture is not valid: {one_line(error)}")
-    vocab_size = getattr(config, "vocab_size", None)
-    outside = [
-        f"{name}={value}"
-        for name, value in config.to_dict().items()
-        if name.endswith("_token_id")
-        and isinstance(value, int)
-        and isinstance(vocab_size, int)
-        and 0 < vocab_size <= value
-    ]
-    if outside:  # the family's defaults name its own tokenizer's ids
+    vocab_size, pad_token_id = getattr(config, "vocab_size", None), getattr(config, "pad_token_id", None)
+    if isinstance(vocab_size, int) and isinstance(pad_token_id, int) and 0 < vocab_size <= pad_token_id:
+        # the family's default names its own tokenizer's id; the embeddings are built around it
         fail(
-            f"architecture's {', '.join(outside)} lie outside its vocab_size={vocab_size}: set them to your "
-            "tokenizer's ids of those tokens in the architecture"
+            f"architecture's pad_token_id={pad_token_id} lies outside its vocab_size={vocab_size}: set pad_token_id "
+            "(and the family's other special-token ids) to your tokenizer's"
         )
     try:
         head_class = task.head_class(config)

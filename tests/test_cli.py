@@ -189,7 +189,7 @@ ARCHITECTURE_CASES = [
     (
         "token_ids_beyond_the_vocabulary",  # ModernBERT's defaults name its own tokenizer's ids
         {"model_type": "modernbert", "vocab_size": 100},
-        r"architecture's pad_token_id=50283, .*sep_token_id=50282 lie outside its vocab_size=100: set them to your",
+        r"architecture's pad_token_id=50283 lies outside its vocab_size=100: set pad_token_id \(and the family's",
     ),
     ("correction", {"correction": "centered"}, r"sets correction, which are options of their own: pass --correction"),
     ("labels", {"num_labels": 3}, r"sets num_labels, which are options of their own: pass --num_labels"),

@@ -304,3 +304,17 @@ def test_difference_and_summary_follow_the_explicit_formulas():
     assert difference(summary, base) == f"{delta:+.1f} ± {error:.1f} *"  # 4.3 points > 2 × 1.3
     assert difference(Summary([0.8]), base) == f"{(0.8 - 0.78) * 100:+.1f}"
     assert Summary([]).format() == "—"
+
+
+def test_only_measures_the_named_experiments_then_writes_the_whole_report(tmp_path, monkeypatch, capsys):
+    measured, reported = [], []
+    monkeypatch.setattr(run_all, "run_plan", lambda plan, log: measured.append(plan) or [])
+    monkeypatch.setattr(run_all, "write_report", lambda plan: reported.append(plan) or plan.report_path)
+    plan = tiny_plan(tmp_path)
+    names = [run_all.EXPERIMENTS[-1].name, run_all.EXPERIMENTS[1].name]
+    assert run_all.main(["--only", *names], plan=plan) == 0
+    assert [experiment.name for experiment in measured[0].experiments] == [names[1], names[0]]  # in report order
+    assert reported == [plan]
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "no_such_experiment"], plan=plan)
+    assert "invalid choice: 'no_such_experiment'" in capsys.readouterr().err
