@@ -19,7 +19,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(PYTHON) -m hf_centered.demo
 
 # Runs the experiments of docs/RESULTS.md missing from experiments/results/full.json and rewrites the report; move
-# that file away to measure everything again (about 10 hours on 2 cores, estimated from the recorded unit times).
+# that file away to measure everything again (docs/RESULTS.md's Setup estimates the whole plan's time).
 experiments: install
 	$(PYTHON) experiments/run_all.py
 

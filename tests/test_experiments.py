@@ -29,7 +29,7 @@ import run_all  # noqa: E402
 import vit_digits  # noqa: E402
 from runner.cache import ResultCache  # noqa: E402
 from runner.plan import Experiment, Plan, all_units  # noqa: E402
-from runner.report import HEADLINE_BEGIN, HEADLINE_END, REPORT_BEGIN, REPORT_END, write_report  # noqa: E402
+from runner.report import HEADLINE_BEGIN, HEADLINE_END, REPORT_BEGIN, REPORT_END, compute_line, write_report  # noqa: E402
 from runner.scheduling import run_units  # noqa: E402
 from runner.statistics import Results, Summary, difference  # noqa: E402
 from runner.units import PROFILE_METRICS, Unit, measure_profile  # noqa: E402
@@ -318,3 +318,30 @@ def test_only_measures_the_named_experiments_then_writes_the_whole_report(tmp_pa
     with pytest.raises(SystemExit):
         run_all.main(["--only", "no_such_experiment"], plan=plan)
     assert "invalid choice: 'no_such_experiment'" in capsys.readouterr().err
+
+
+def test_the_compute_line_adds_measured_core_hours_and_estimates_the_missing_units(tmp_path):
+    """Measured: wall seconds × the cores a unit used. Missing: cost × its experiment's measured core-seconds per
+    unit of cost, or the mean over all measured units where its experiment has none."""
+    units = {
+        "a": [Unit("a/1", ("--a", "1"), cost=1), Unit("a/2", ("--a", "2"), cost=3)],
+        "b": [Unit("b/1", ("--b", "1"), cost=2, alone=True), Unit("b/2", ("--b", "2"), cost=1, alone=True)],
+        "c": [Unit("c/1", ("--c", "1"), cost=1)],
+    }
+    experiments = tuple(
+        Experiment(name=name, units=lambda plan, name=name: units[name], section=lambda results: []) for name in units
+    )
+    plan = replace(tiny_plan(tmp_path), experiments=experiments, settings={}, threads=2, workers=2)
+    cache = ResultCache(plan.results_path)
+    cache.put(units["a"][0], {}, 3600.0)  # a: 3600 core-seconds per unit of cost
+    cache.put(units["b"][0], {}, 900.0)  # b: alone on 2 cores, 1800 core-seconds for a cost of 2
+    measured = 3600 + 900 * 2
+    mean_rate = measured / (1 + 2)
+    estimate = 3 * 3600 + 1 * (1800 / 2) + 1 * mean_rate
+    line = compute_line(Results(plan, cache))
+    assert line == (
+        f"- Compute: the measured units took {measured / 3600:.1f} core-hours; 3 unit(s) not measured yet, estimated "
+        f"at {estimate / 3600:.1f} core-hours more (each at its experiment's measured seconds per unit of cost, or the "
+        f"mean rate where none is measured): about {(measured + estimate) / 3600 / 2:.0f} hours for the whole plan on "
+        "2 cores."
+    )

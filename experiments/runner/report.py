@@ -63,6 +63,7 @@ def setup_section(results: Results) -> list[str]:
         f"- Method hyper-parameters, unless swept: the configuration defaults ({config_defaults}, dgn_groups = "
         f"{default_value('dgn_groups')}, contranorm_tau = {default_value('contranorm_tau'):g}); every layer corrected.",
     ]
+    lines.append(compute_line(results))
     for experiment in plan.experiments:
         lines += experiment.setup(results)
     profiled = [experiment.profiled(results) for experiment in plan.experiments if experiment.profiled is not None]
@@ -73,6 +74,45 @@ def setup_section(results: Results) -> list[str]:
             '"Head input" is what the classifier reads: the fused output under a fusion, after ViT\'s final norm.'
         )
     return [*lines, ""]
+
+
+def compute_line(results: Results) -> str:
+    """The core-hours of the units measured and an estimate of those missing: each at its experiment's measured
+    seconds per unit of `cost` (one core for units run side by side, every core for those run alone), or at the mean
+    rate of all measured units for an experiment with none measured yet."""
+    plan = results.plan
+    spent: dict[str, float] = {}  # experiment → core-seconds of its measured units
+    costs: dict[str, float] = {}  # experiment → total cost of its measured units
+    pending: dict[str, list] = {}  # experiment → its units not measured yet
+    seen: set[str] = set()
+    for experiment in plan.experiments:
+        for unit in experiment.units(plan):
+            if unit.key in seen:  # shared with an earlier experiment: counted there
+                continue
+            seen.add(unit.key)
+            entry = results.cache.get(unit)
+            cores = plan.threads if unit.alone else 1
+            if entry is None:
+                pending.setdefault(experiment.name, []).append((unit.cost, cores))
+            else:
+                spent[experiment.name] = spent.get(experiment.name, 0.0) + entry["wall_seconds"] * cores
+                costs[experiment.name] = costs.get(experiment.name, 0.0) + unit.cost
+    mean_rate = sum(spent.values()) / sum(costs.values()) if costs else 0.0
+    estimate = sum(
+        cost * (spent[name] / costs[name] if costs.get(name) else mean_rate)
+        for name, units in pending.items()
+        for cost, _ in units
+    )
+    measured_hours = sum(spent.values()) / 3600
+    line = f"- Compute: the measured units took {measured_hours:.1f} core-hours"
+    if pending:
+        count = sum(len(units) for units in pending.values())
+        line += (
+            f"; {count} unit(s) not measured yet, estimated at {estimate / 3600:.1f} core-hours more (each at its "
+            "experiment's measured seconds per unit of cost, or the mean rate where none is measured)"
+        )
+    total = (sum(spent.values()) + estimate) / 3600
+    return line + f": about {total / plan.workers:.0f} hours for the whole plan on {plan.workers} cores."
 
 
 def findings(results: Results) -> list[str]:
