@@ -468,7 +468,26 @@ def __getattr__(name: str) -> type:
         return corrected_config_class(stock_class)
     if isinstance(stock_class, type) and issubclass(stock_class, PreTrainedModel) and stock_class.config_class:
         return corrected_model_class(stock_class)
+    stock_class = None if name.startswith("_") else loaded_stock_module_class(name)
+    if stock_class is not None and issubclass(stock_class, PreTrainedModel) and stock_class.config_class:
+        return corrected_model_class(stock_class)
+    if stock_class is not None and issubclass(stock_class, GradientCheckpointingLayer):
+        return corrected_layer_class(stock_class)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def loaded_stock_module_class(name: str) -> type | None:
+    """The module class `name` defined in an imported transformers modeling module, or None: what pickle asks for
+    when it unpickles a corrected layer or inner model (e.g. DINOv2's encoder), classes transformers does not export
+    at its top level. The pickled model's own class comes first in a pickle; resolving it imports its family's
+    module, which defines the others."""
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not module_name.startswith("transformers.models."):
+            continue
+        candidate = vars(module).get(name)
+        if isinstance(candidate, type) and candidate.__module__ == module_name and issubclass(candidate, nn.Module):
+            return candidate
+    return None
 
 
 class CorrectedConfigMixin(CorrectionConfigMixin):

@@ -550,3 +550,31 @@ def test_an_implementation_without_a_corrected_counterpart_is_refused_before_any
     with pytest.raises(ValueError, match="attn_implementation='flash_attention_2' cannot be corrected"):
         correct(model)
     assert type(model) is transformers.LlamaForCausalLM and type(model.config) is transformers.LlamaConfig
+
+
+def test_a_whole_corrected_model_pickled_with_torch_save_loads_in_a_fresh_process(tmp_path):
+    """torch.save of the model object (not its weights): pickle finds every corrected class by name in a process that
+    never built it, the layer classes included, which transformers does not export at its top level."""
+    expected = {}
+    for family in FAMILIES:
+        model = corrected(stock_model(family), list(GENERIC_CORRECTIONS))
+        inputs = padded_inputs(family)
+        with torch.no_grad():
+            expected[family] = (inputs, output_of(model, inputs))
+        torch.save(model, tmp_path / f"{family}.pt")
+    torch.save(expected, tmp_path / "expected.pt")
+    script = f"""
+import torch
+expected = torch.load({str(tmp_path / "expected.pt")!r})
+for family, (inputs, output) in expected.items():
+    model = torch.load({str(tmp_path)!r} + f"/{{family}}.pt", weights_only=False)
+    layers = {{type(module).__name__: type(module).__module__ for module in model.modules()}}
+    assert "hf_centered.modeling_generic" in layers.values(), family
+    with torch.no_grad():
+        result = model(**inputs)
+    result = result.logits if getattr(result, "logits", None) is not None else result.last_hidden_state
+    assert torch.equal(result, output), family
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
