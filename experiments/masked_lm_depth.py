@@ -25,8 +25,7 @@ from runner.variants import BASELINE, LEARNED, is_fusion, variant_options, varia
 
 from hf_centered.data import minilm_dir
 from hf_centered.finetuning import FinetuneArguments
-from hf_centered.tasks.base import TaskData
-from hf_centered.tasks.fill_mask import IGNORED_LABEL
+from hf_centered.tasks.base import IGNORED_LABEL, TaskData
 
 MLM_ARCHITECTURE = {
     "hidden_size": 128,

@@ -25,7 +25,8 @@ from transformers import (
 from hf_centered import finetuning
 from hf_centered.finetuning import main, parse_arguments
 from hf_centered.tasks import TASKS, UsageError
-from hf_centered.tasks.fill_mask import IGNORED_LABEL, FillMaskArguments, masking_collator
+from hf_centered.tasks.base import IGNORED_LABEL
+from hf_centered.tasks.fill_mask import FillMaskArguments, masking_collator
 from hf_centered.tasks.texts import text_corpus
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -401,8 +401,8 @@ def bad_folder(assets, tmp_path: Path, change: str) -> Path:
         ("no_masks_folder", r"--train_dir .*bad has no masks/ folder; it must hold images/ and masks/"),
         ("id2label_too_short", r"holds class id\(s\) \[2, 3\] outside 0\.\.1 \(num_labels=2\)"),
         (
-            "bert_checkpoint",
-            r"tiny_bert is a text model; --task image-segmentation needs an image model \(vit, deit, dinov2\)",
+            "bert_checkpoint",  # names the image families with a segmentation head
+            r"tiny_bert is a text model; --task image-segmentation needs an image model \(vit\)",
         ),
         (
             "too_many_digits",

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BertTokenizer, Eva
 from hf_centered import finetuning
 from hf_centered.finetuning import main, parse_arguments
 from hf_centered.tasks import TASKS, UsageError
+from hf_centered.tasks.base import IGNORED_LABEL
 from hf_centered.tasks.text_generation import (
-    IGNORED_LABEL,
     DataCollatorForCausalLanguageModeling,
     next_token_metrics,
     next_tokens_and_losses,

@@ -25,8 +25,8 @@ from transformers import (
 from hf_centered.data import wnut16
 from hf_centered.finetuning import main, parse_arguments
 from hf_centered.tasks import TASKS, UsageError
+from hf_centered.tasks.base import IGNORED_LABEL
 from hf_centered.tasks.token_classification import (
-    IGNORE_INDEX,
     align_labels,
     inside_tags,
     read_conll,
@@ -52,7 +52,7 @@ TAG_IDS = {name: i for i, name in enumerate(TAGS)}
 
 def ids_of(*tags: str | None) -> list[int]:
     """Token labels written as tag names, None for an ignored position."""
-    return [IGNORE_INDEX if tag is None else TAG_IDS[tag] for tag in tags]
+    return [IGNORED_LABEL if tag is None else TAG_IDS[tag] for tag in tags]
 
 
 def write_conll(path: Path, sentences: list[tuple[str, str]], docstart: bool = True) -> Path:
@@ -392,7 +392,7 @@ def test_seqeval_scores_against_a_hand_computed_case():
     # As the Trainer hands them over: arg-max ids padded to one length, -100 on special tokens, continuation
     # sub-words and padding, whose (arbitrary) predictions must be ignored.
     length = 9  # [CLS] + 4 words each followed by a continuation
-    label_ids = np.full((3, length), IGNORE_INDEX)
+    label_ids = np.full((3, length), IGNORED_LABEL)
     predicted_ids = np.full((3, length), names.index("B-ORG"))
     for row, (reference, prediction) in enumerate(zip(references, predictions, strict=True)):
         positions = [1 + 2 * word for word in range(len(reference))]  # every other position: a continuation

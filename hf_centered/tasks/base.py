@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from ..finetuning import DataArguments, FinetuneArguments
 
 TEXT, IMAGE = "text", "image"
+IGNORED_LABEL = -100
+"""The label of the positions the loss and the metrics leave out (transformers' convention)."""
 DATA_FILE_BUILDERS = {"csv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 
 

@@ -40,14 +40,12 @@ from transformers import DataCollatorForLanguageModeling, DataCollatorForTokenCl
 
 from ..metrics import load_metric
 from ..modeling_centered_bert import CenteredBertForMaskedLM
-from .base import TEXT, Task, TaskData, fail, require_examples, subsample_splits
+from .base import IGNORED_LABEL, TEXT, Task, TaskData, fail, require_examples, subsample_splits
 from .texts import TEXT_CORPUS, check_tokenizer_fits, read_texts, tokenizer_name
 
 if TYPE_CHECKING:
     from ..finetuning import FinetuneArguments
 
-IGNORED_LABEL = -100
-"""The label of the positions the loss and the metrics leave out (transformers' convention)."""
 EVALUATION_MASKING_SEED = 0
 """Seeds the one masking of the evaluation set, whatever the run's seed."""
 MASKING_BATCH_SIZE = 256

@@ -33,14 +33,12 @@ import torch
 from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 from ..metrics import load_metric
-from .base import TEXT, Task, TaskData, require_examples, subsample_splits
+from .base import IGNORED_LABEL, TEXT, Task, TaskData, require_examples, subsample_splits
 from .texts import TEXT_CORPUS, check_tokenizer_fits, read_texts
 
 if TYPE_CHECKING:
     from ..finetuning import FinetuneArguments
 
-IGNORED_LABEL = -100
-"""The label of the positions the loss and the metrics leave out (transformers' convention)."""
 MODEL_INPUTS = ("input_ids", "attention_mask")
 
 

@@ -45,6 +45,7 @@ from ..metrics import load_metric
 from ..modeling_centered_bert import CenteredBertForTokenClassification
 from .base import (
     DATA_FILE_BUILDERS,
+    IGNORED_LABEL,
     TEXT,
     Task,
     TaskData,
@@ -57,8 +58,6 @@ from .base import (
 if TYPE_CHECKING:
     from ..finetuning import FinetuneArguments
 
-IGNORE_INDEX = -100
-"""The label of the positions the loss and the metrics skip (special tokens, continuation sub-words)."""
 CONLL_EXTENSIONS = (".conll", ".txt", ".iob")
 DOCUMENT_START = "-DOCSTART-"
 # What seqeval's default mode reads as an entity tag (its own check warns "... seems not to be NE tag" otherwise).
@@ -136,7 +135,7 @@ class TokenClassification(Task):
         return TaskData(train=train, evaluation=evaluation, dataset_label=dataset_label, label_names=label_names)
 
     def data_collator(self, args: FinetuneArguments, processor):
-        return DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORE_INDEX)
+        return DataCollatorForTokenClassification(processor, label_pad_token_id=IGNORED_LABEL)
 
     def compute_metrics(self, data: TaskData):
         label_names = data.label_names
@@ -144,7 +143,7 @@ class TokenClassification(Task):
         def compute(eval_prediction: EvalPrediction) -> dict[str, float]:
             predicted_tags, reference_tags = [], []
             for predicted, reference in zip(eval_prediction.predictions, eval_prediction.label_ids, strict=True):
-                scored = reference != IGNORE_INDEX
+                scored = reference != IGNORED_LABEL
                 predicted_tags.append([label_names[i] for i in predicted[scored]])
                 reference_tags.append([label_names[i] for i in reference[scored]])
             return seqeval_scores(predicted_tags, reference_tags)
@@ -179,11 +178,11 @@ def align_labels(word_ids: list[int | None], word_tags: list[int], inside_of: li
     labels, previous = [], None
     for word in word_ids:
         if word is None:
-            labels.append(IGNORE_INDEX)
+            labels.append(IGNORED_LABEL)
         elif word != previous:
             labels.append(word_tags[word])
         else:
-            labels.append(IGNORE_INDEX if inside_of is None else inside_of[word_tags[word]])
+            labels.append(IGNORED_LABEL if inside_of is None else inside_of[word_tags[word]])
         previous = word
     return labels
 
