@@ -19,7 +19,7 @@ from typing import Any
 
 from masked_lm_depth import MLM_ARCHITECTURE, MLM_TRAINING, measure_profile_and_most_frequent
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import image_link, pyplot, save_figure
+from runner.report import depth_axis, depth_header, image_link, plot_against_depth, pyplot, save_figure
 from runner.statistics import Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Measure, Unit, measure_profile
 from runner.variants import BASELINE, variant_options
@@ -183,24 +183,11 @@ def plot_families(results: Results) -> None:
         for row, (title, value, scale, _) in enumerate((headline, cosine)):
             axis = axes[row][column]
             for index, variant in enumerate(settings.variants):
-                points = [(d, measured_summary(results, family, d, variant, value)) for d in depths]
-                points = [(d, s) for d, s in points if s.values]
-                offset = 1 + 0.03 * (index - len(settings.variants) / 2)  # spread the error bars apart
-                axis.errorbar(
-                    [d * offset for d, _ in points],
-                    [s.mean * scale for _, s in points],
-                    yerr=[(s.std or 0.0) * scale for _, s in points],
-                    marker="o",
-                    markersize=4,
-                    capsize=3,
-                    label=variant,
-                )
-            axis.set_xscale("log", base=2)
-            axis.set_xticks(depths, [str(d) for d in depths])
-            axis.set_xlabel("depth (layers)")
-            axis.set_ylabel(title)
+                summaries = [measured_summary(results, family, d, variant, value) for d in depths]
+                count = len(settings.variants)
+                plot_against_depth(axis, depths, summaries, index, count, 0.03, scale=scale, label=variant)
+            depth_axis(axis, depths, title)
             axis.set_title(family if row == 0 else "")
-            axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"Other families from scratch on text_corpus: mean ± std over {len(results.plan.seeds)} seed(s)")
     figure.tight_layout()
@@ -235,7 +222,7 @@ def family_section(results: Results) -> list[str]:
         lines += [f"### `{family}` ({FAMILIES[family].task})", ""]
         for title, value, scale, digits in metrics_of(family):
             lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", ""]
-            lines += ["| variant | " + " | ".join(f"depth {d}" for d in depths) + " |", "|---|" + "---:|" * len(depths)]
+            lines += depth_header(depths)
             for variant in settings.variants:
                 cells = [measured_summary(results, family, d, variant, value) for d in depths]
                 lines.append(f"| {variant} | " + " | ".join(c.format(digits, scale) for c in cells) + " |")
@@ -246,8 +233,7 @@ def family_section(results: Results) -> list[str]:
             f"{title.split(' (')[0]}: difference to `none`{' in ' + unit if unit else ''}, ± its standard error "
             "(`*`: more than two standard errors):",
             "",
-            "| variant | " + " | ".join(f"depth {d}" for d in depths) + " |",
-            "|---|" + "---:|" * len(depths),
+            *depth_header(depths),
         ]
         for variant in settings.variants:
             if variant == BASELINE:

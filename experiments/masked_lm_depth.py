@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import image_link, pyplot, save_figure
+from runner.report import depth_axis, depth_header, image_link, plot_against_depth, pyplot, save_figure
 from runner.statistics import Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit, measure_profile
 from runner.variants import BASELINE, LEARNED, is_fusion, variant_options, variants
@@ -169,25 +169,11 @@ def plot_masked_lm(results: Results) -> None:
     depths = sorted(settings.depths)
     for index, variant in enumerate(settings.variants):
         for axis, (_, value, scale, _) in zip(axes.flat, METRICS, strict=True):
-            points = [(d, measured_summary(results, d, variant, value)) for d in depths]
-            points = [(d, s) for d, s in points if s.values]
-            offset = 1 + 0.02 * (index - len(settings.variants) / 2)  # spread the error bars apart
-            axis.errorbar(
-                [d * offset for d, _ in points],
-                [s.mean * scale for _, s in points],
-                yerr=[(s.std or 0.0) * scale for _, s in points],
-                marker="o",
-                markersize=4,
-                capsize=3,
-                linestyle="--" if variant.endswith(LEARNED) else "-",
-                label=variant,
-            )
+            summaries = [measured_summary(results, d, variant, value) for d in depths]
+            style = dict(scale=scale, linestyle="--" if variant.endswith(LEARNED) else "-", label=variant)
+            plot_against_depth(axis, depths, summaries, index, len(settings.variants), 0.02, **style)
     for axis, (title, *_) in zip(axes.flat, METRICS, strict=True):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(depths, [str(d) for d in depths])
-        axis.set_xlabel("depth (layers)")
-        axis.set_ylabel(title)
-        axis.grid(alpha=0.3)
+        depth_axis(axis, depths, title)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"BERT masked LM from scratch on text_corpus: mean ± std over {len(results.plan.seeds)} seed(s)")
     figure.tight_layout()
@@ -220,7 +206,7 @@ def masked_lm_section(results: Results) -> list[str]:
     lines += [f"![masked-token accuracy, perplexity and last-layer profile against depth]({image})", ""]
     for title, value, scale, digits in METRICS:
         lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", ""]
-        lines += ["| variant | " + " | ".join(f"depth {d}" for d in depths) + " |", "|---|" + "---:|" * len(depths)]
+        lines += depth_header(depths)
         for variant in settings.variants:
             cells = [measured_summary(results, d, variant, value) for d in depths]
             lines.append(f"| {variant} | " + " | ".join(c.format(digits, scale) for c in cells) + " |")
@@ -228,8 +214,7 @@ def masked_lm_section(results: Results) -> list[str]:
     lines += [
         "Accuracy difference to `none` in points, ± its standard error (`*`: more than two standard errors):",
         "",
-        "| variant | " + " | ".join(f"depth {d}" for d in depths) + " |",
-        "|---|" + "---:|" * len(depths),
+        *depth_header(depths),
     ]
     for variant in settings.variants:
         if variant == BASELINE:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import image_link, pyplot, save_figure
+from runner.report import depth_axis, depth_header, image_link, plot_against_depth, pyplot, save_figure
 from runner.statistics import Results, Summary, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, PROFILE_METRICS, HeadInput, Unit
 from runner.variants import BASELINE, LEARNED, is_fusion, variant_options, variants
@@ -169,25 +169,11 @@ def plot_segmentation_depth(results: Results) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for index, variant in enumerate(names):
         for axis, (_, value, _, _) in zip(axes, TABLES[:2], strict=True):
-            points = [(d, measured_summary(results, d, variant, value)) for d in depths]
-            points = [(d, summary) for d, summary in points if summary.values]
-            offset = 1 + 0.025 * (index - len(names) / 2)  # spread the error bars apart
-            axis.errorbar(
-                [d * offset for d, _ in points],
-                [summary.mean for _, summary in points],
-                yerr=[summary.std or 0.0 for _, summary in points],
-                marker="o",
-                markersize=4,
-                capsize=3,
-                linestyle="--" if variant.endswith(LEARNED) else "-",
-                label=variant,
-            )
+            summaries = [measured_summary(results, d, variant, value) for d in depths]
+            style = dict(linestyle="--" if variant.endswith(LEARNED) else "-", label=variant)
+            plot_against_depth(axis, depths, summaries, index, len(names), 0.025, **style)
     for axis, label in zip(axes, ("mean IoU", "last-layer patch-token mean pairwise cosine"), strict=True):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(depths, [str(d) for d in depths])
-        axis.set_xlabel("depth (layers)")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
+        depth_axis(axis, depths, label)
     axes[0].legend(fontsize=7)
     figure.suptitle(f"ViT segmenting digit mosaics, from scratch: mean ± std over {len(plan.seeds)} seed(s)")
     figure.tight_layout()
@@ -201,7 +187,7 @@ def segmentation_section(results: Results) -> list[str]:
     own_keys = [unit.key for unit in segmentation_units(plan)]
     pending = len(own_keys) - len(results.measured(own_keys))
     plot_segmentation_depth(results)
-    header = ["| variant | " + " | ".join(f"depth {d}" for d in depths) + " |", "|---|" + "---:|" * len(depths)]
+    header = depth_header(depths)
     lines = [
         "## Segmentation depth sweep: ViT from scratch on digit mosaics",
         "",

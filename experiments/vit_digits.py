@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import image_link, pyplot, save_figure
+from runner.report import depth_axis, depth_header, image_link, plot_against_depth, pyplot, save_figure
 from runner.statistics import Results, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit
 from runner.variants import BASELINE, MAIN_FIELD, default_value, is_fusion, variant_options, variants
@@ -138,22 +138,9 @@ def plot_depth_sweep(results: Results) -> None:
     for index, variant in enumerate(settings.variants):
         for axis, value in zip(axes, (accuracy_of, last_layer_cosine), strict=True):
             summaries = [results.summary([vit_key(d, variant, s) for s in plan.seeds], value) for d in depths]
-            offset = 1 + 0.025 * (index - len(settings.variants) / 2)  # spread the error bars apart
-            axis.errorbar(
-                [d * offset for d in depths],
-                [s.mean for s in summaries],
-                yerr=[s.std or 0.0 for s in summaries],
-                marker="o",
-                markersize=4,
-                capsize=3,
-                label=variant,
-            )
+            plot_against_depth(axis, depths, summaries, index, len(settings.variants), 0.025, label=variant)
     for axis, label in zip(axes, ("test accuracy", "last-layer mean pairwise cosine similarity"), strict=True):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(depths, [str(d) for d in depths])
-        axis.set_xlabel("depth (layers)")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
+        depth_axis(axis, depths, label)
     axes[0].legend(fontsize=8)
     seeds = len(plan.seeds)
     figure.suptitle(f"ViT trained from scratch on sklearn digits: mean ± std over {seeds} seed(s)")
@@ -178,7 +165,7 @@ def depth_sweep_section(results: Results) -> list[str]:
         ("Last-layer mean pairwise cosine similarity", last_layer_cosine, 1.0, 3),
     ):
         lines += [f"{title}, mean ± std over {len(plan.seeds)} seed(s):", ""]
-        lines += ["| variant | " + " | ".join(f"depth {d}" for d in depths) + " |", "|---|" + "---:|" * len(depths)]
+        lines += depth_header(depths)
         for variant in settings.variants:
             cells = [results.summary([vit_key(d, variant, s) for s in plan.seeds], value) for d in depths]
             lines.append(f"| {variant} | " + " | ".join(c.format(digits, scale) for c in cells) + " |")
@@ -186,8 +173,7 @@ def depth_sweep_section(results: Results) -> list[str]:
     lines += [
         "Accuracy difference to `none` in points, ± its standard error (`*`: more than two standard errors):",
         "",
-        "| variant | " + " | ".join(f"depth {d}" for d in depths) + " |",
-        "|---|" + "---:|" * len(depths),
+        *depth_header(depths),
     ]
     for variant in settings.variants:
         if variant == BASELINE:

@@ -8,6 +8,7 @@ headline shows the experiments' headline images and the same findings.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hf_centered.reporting import machine_description, write_generated_section
 from runner import REPO_ROOT
 from runner.cache import ResultCache
 from runner.plan import Plan
-from runner.statistics import Results
+from runner.statistics import Results, Summary
 from runner.variants import MAIN_FIELD, default_value
 
 REPORT_BEGIN, REPORT_END = "<!-- experiments/run_all.py: begin -->", "<!-- experiments/run_all.py: end -->"
@@ -162,3 +163,36 @@ def write_report(plan: Plan) -> Path:
         ]
         write_generated_section(plan.readme_path, "\n".join(headline), HEADLINE_BEGIN, HEADLINE_END)
     return plan.report_path
+
+
+def depth_header(depths: Sequence[int]) -> list[str]:
+    """The two header lines of a table with a column per depth."""
+    return ["| variant | " + " | ".join(f"depth {d}" for d in depths) + " |", "|---|" + "---:|" * len(depths)]
+
+
+def plot_against_depth(
+    axis: Any, depths: Sequence[int], summaries: Sequence[Summary], index: int, count: int, spread: float, **style: Any
+) -> None:
+    """One variant's measured means ± std against depth (log₂ axis), the `index`-th of `count` variants shifted by
+    `spread` so that the error bars stand apart; `scale` (in `style`, default 1) multiplies the values."""
+    scale = style.pop("scale", 1.0)
+    points = [(d, summary) for d, summary in zip(depths, summaries, strict=True) if summary.values]
+    offset = 1 + spread * (index - count / 2)
+    axis.errorbar(
+        [d * offset for d, _ in points],
+        [summary.mean * scale for _, summary in points],
+        yerr=[(summary.std or 0.0) * scale for _, summary in points],
+        marker="o",
+        markersize=4,
+        capsize=3,
+        **style,
+    )
+
+
+def depth_axis(axis: Any, depths: Sequence[int], ylabel: str) -> None:
+    """A log₂ depth axis ticked at `depths`, labelled, with a light grid."""
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(depths, [str(d) for d in depths])
+    axis.set_xlabel("depth (layers)")
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
