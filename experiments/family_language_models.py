@@ -15,11 +15,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from masked_lm_depth import MLM_ARCHITECTURE, MLM_TRAINING, measure_profile_and_most_frequent
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import depth_axis, depth_header, image_link, plot_against_depth, pyplot, save_figure
+from runner.report import (
+    depth_axis,
+    depth_table,
+    difference_table,
+    image_link,
+    pending_notice,
+    plot_against_depth,
+    pyplot,
+    save_figure,
+)
 from runner.statistics import Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Measure, Unit, measure_profile
 from runner.variants import BASELINE, variant_options
@@ -198,8 +208,6 @@ def family_section(results: Results) -> list[str]:
     plan = results.plan
     settings: FamilySettings = plan.settings[FAMILY_LANGUAGE_MODELS.name]
     depths = sorted(settings.depths)
-    own_keys = [unit.key for unit in family_units(plan)]
-    pending = len(own_keys) - len(results.measured(own_keys))
     plot_families(results)
     lines = [
         "## Other families: RoBERTa, ModernBERT and Llama from scratch on the text corpus",
@@ -209,45 +217,25 @@ def family_section(results: Results) -> list[str]:
         + "; ".join(f"`{name}`: {FAMILIES[name].description}, `{FAMILIES[name].task}`" for name in settings.families)
         + ".",
         "",
+        *pending_notice(results, [unit.key for unit in family_units(plan)]),
     ]
-    if pending:
-        lines += [
-            f"*{pending} of this experiment's units are not measured yet (the cells show the seeds measured); "
-            "`python experiments/run_all.py` measures them, resuming from the committed cache.*",
-            "",
-        ]
     image = image_link(plan, plan.images_dir / FAMILY_IMAGE)
     lines += [f"![each family's headline metric and last-layer cosine against depth]({image})", ""]
     for family in settings.families:
         lines += [f"### `{family}` ({FAMILIES[family].task})", ""]
         for title, value, scale, digits in metrics_of(family):
+            summary_at = partial(measured_summary, results, family, value=value)
             lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", ""]
-            lines += depth_header(depths)
-            for variant in settings.variants:
-                cells = [measured_summary(results, family, d, variant, value) for d in depths]
-                lines.append(f"| {variant} | " + " | ".join(c.format(digits, scale) for c in cells) + " |")
-            lines.append("")
+            lines += [*depth_table(depths, settings.variants, summary_at, digits, scale), ""]
         title, value, scale, _ = metrics_of(family)[0]
-        unit = "points" if scale == 100.0 else ""
+        headline_at = partial(measured_summary, results, family, value=value)
         lines += [
-            f"{title.split(' (')[0]}: difference to `none`{' in ' + unit if unit else ''}, ± its standard error "
-            "(`*`: more than two standard errors):",
+            f"{title.split(' (')[0]}: difference to `none`{' in points' if scale == 100.0 else ''}, ± its standard "
+            "error (`*`: more than two standard errors):",
             "",
-            *depth_header(depths),
+            *difference_table(depths, settings.variants, headline_at, scale),
+            "",
         ]
-        for variant in settings.variants:
-            if variant == BASELINE:
-                continue
-            cells = [
-                difference(
-                    measured_summary(results, family, d, variant, value),
-                    measured_summary(results, family, d, BASELINE, value),
-                    scale,
-                )
-                for d in depths
-            ]
-            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        lines.append("")
     return lines
 
 

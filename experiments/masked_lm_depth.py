@@ -14,11 +14,21 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import depth_axis, depth_header, image_link, plot_against_depth, pyplot, save_figure
+from runner.report import (
+    depth_axis,
+    depth_table,
+    difference_table,
+    image_link,
+    pending_notice,
+    plot_against_depth,
+    pyplot,
+    save_figure,
+)
 from runner.statistics import Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit, measure_profile
 from runner.variants import BASELINE, LEARNED, is_fusion, variant_options, variants
@@ -184,8 +194,6 @@ def masked_lm_section(results: Results) -> list[str]:
     plan = results.plan
     settings: MaskedLMSettings = plan.settings[MASKED_LM_DEPTH.name]
     depths = sorted(settings.depths)
-    own_keys = [unit.key for unit in masked_lm_units(plan)]
-    pending = len(own_keys) - len(results.measured(own_keys))
     plot_masked_lm(results)
     most_frequent = most_frequent_token_accuracy(results)
     lines = [
@@ -195,37 +203,20 @@ def masked_lm_section(results: Results) -> list[str]:
         f"of the two best corrections at 32 layers in experiment 2 ({' and '.join(LEARNED_OF)}). Always answering "
         f"the most frequent training token scores {most_frequent.format(1, 100.0)} % masked-token accuracy.",
         "",
+        *pending_notice(results, [unit.key for unit in masked_lm_units(plan)]),
     ]
-    if pending:
-        lines += [
-            f"*{pending} of this experiment's units are not measured yet (the cells show the seeds measured); "
-            "`python experiments/run_all.py` measures them, resuming from the committed cache.*",
-            "",
-        ]
     image = image_link(plan, plan.images_dir / MLM_IMAGE)
     lines += [f"![masked-token accuracy, perplexity and last-layer profile against depth]({image})", ""]
     for title, value, scale, digits in METRICS:
+        summary_at = partial(measured_summary, results, value=value)
         lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", ""]
-        lines += depth_header(depths)
-        for variant in settings.variants:
-            cells = [measured_summary(results, d, variant, value) for d in depths]
-            lines.append(f"| {variant} | " + " | ".join(c.format(digits, scale) for c in cells) + " |")
-        lines.append("")
+        lines += [*depth_table(depths, settings.variants, summary_at, digits, scale), ""]
+    accuracy_at = partial(measured_summary, results, value=accuracy_of)
     lines += [
         "Accuracy difference to `none` in points, ± its standard error (`*`: more than two standard errors):",
         "",
-        *depth_header(depths),
+        *difference_table(depths, settings.variants, accuracy_at),
     ]
-    for variant in settings.variants:
-        if variant == BASELINE:
-            continue
-        cells = [
-            difference(
-                measured_summary(results, d, variant, accuracy_of), measured_summary(results, d, BASELINE, accuracy_of)
-            )
-            for d in depths
-        ]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 

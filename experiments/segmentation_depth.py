@@ -16,11 +16,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import depth_axis, depth_header, image_link, plot_against_depth, pyplot, save_figure
+from runner.report import (
+    depth_axis,
+    depth_table,
+    difference_table,
+    image_link,
+    pending_notice,
+    plot_against_depth,
+    pyplot,
+    save_figure,
+)
 from runner.statistics import Results, Summary, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, PROFILE_METRICS, HeadInput, Unit
 from runner.variants import BASELINE, LEARNED, is_fusion, variant_options, variants
@@ -184,10 +194,8 @@ def segmentation_section(results: Results) -> list[str]:
     plan = results.plan
     settings: SegmentationSettings = plan.settings[SEGMENTATION_DEPTH.name]
     depths = sorted(settings.depths)
-    own_keys = [unit.key for unit in segmentation_units(plan)]
-    pending = len(own_keys) - len(results.measured(own_keys))
+    variants = segmentation_variants()
     plot_segmentation_depth(results)
-    header = depth_header(depths)
     lines = [
         "## Segmentation depth sweep: ViT from scratch on digit mosaics",
         "",
@@ -196,36 +204,20 @@ def segmentation_section(results: Results) -> list[str]:
         "32 layers (chosen beforehand, not from these results). The cosine is over the patch tokens only ([CLS] "
         "left out: the linear decoder never reads it), on the raw residual stream after the last layer.",
         "",
+        *pending_notice(results, [unit.key for unit in segmentation_units(plan)]),
     ]
-    if pending:
-        lines += [
-            f"*{pending} of this experiment's {len(own_keys)} units are not measured yet (the cells show the seeds "
-            "measured, — none); `python experiments/run_all.py` measures them, resuming from the cache.*",
-            "",
-        ]
     image = image_link(plan, plan.images_dir / SEGMENTATION_IMAGE)
     lines += [f"![mean IoU and last-layer patch cosine against depth]({image})", ""]
     for title, value, scale, digits in TABLES:
-        lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", "", *header]
-        for variant in segmentation_variants():
-            cells = [measured_summary(results, d, variant, value).format(digits, scale) for d in depths]
-            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        lines.append("")
+        summary_at = partial(measured_summary, results, value=value)
+        lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", ""]
+        lines += [*depth_table(depths, variants, summary_at, digits, scale), ""]
+    mean_iou_at = partial(measured_summary, results, value=mean_iou_of)
     lines += [
         "Mean IoU difference to `none` in points (×100), ± its standard error (`*`: more than two standard errors):",
         "",
-        *header,
+        *difference_table(depths, variants, mean_iou_at),
     ]
-    for variant in segmentation_variants():
-        if variant == BASELINE:
-            continue
-        cells = [
-            difference(
-                measured_summary(results, d, variant, mean_iou_of), measured_summary(results, d, BASELINE, mean_iou_of)
-            )
-            for d in depths
-        ]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 

@@ -11,13 +11,14 @@ Units (small: one core each, side by side, deepest first):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import depth_axis, depth_header, image_link, plot_against_depth, pyplot, save_figure
-from runner.statistics import Results, accuracy_of, difference, last_layer_cosine
+from runner.report import depth_axis, depth_table, difference_table, image_link, plot_against_depth, pyplot, save_figure
+from runner.statistics import Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit
 from runner.variants import BASELINE, MAIN_FIELD, default_value, is_fusion, variant_options, variants
 
@@ -129,6 +130,11 @@ def depth_sweep_units(plan: Plan) -> list[Unit]:
     return grid + sweep
 
 
+def depth_summary(results: Results, depth: int, variant: str, value: Callable[[dict[str, Any]], float]) -> Summary:
+    """`value` over the seeds of the depth sweep's `variant` at `depth` (each must be measured)."""
+    return results.summary([vit_key(depth, variant, seed) for seed in results.plan.seeds], value)
+
+
 def plot_depth_sweep(results: Results) -> None:
     plt = pyplot()
     plan = results.plan
@@ -137,7 +143,7 @@ def plot_depth_sweep(results: Results) -> None:
     depths = sorted(settings.depths)
     for index, variant in enumerate(settings.variants):
         for axis, value in zip(axes, (accuracy_of, last_layer_cosine), strict=True):
-            summaries = [results.summary([vit_key(d, variant, s) for s in plan.seeds], value) for d in depths]
+            summaries = [depth_summary(results, d, variant, value) for d in depths]
             plot_against_depth(axis, depths, summaries, index, len(settings.variants), 0.025, label=variant)
     for axis, label in zip(axes, ("test accuracy", "last-layer mean pairwise cosine similarity"), strict=True):
         depth_axis(axis, depths, label)
@@ -164,29 +170,16 @@ def depth_sweep_section(results: Results) -> list[str]:
         ("Test accuracy (%)", accuracy_of, 100.0, 1),
         ("Last-layer mean pairwise cosine similarity", last_layer_cosine, 1.0, 3),
     ):
+        summary_at = partial(depth_summary, results, value=value)
         lines += [f"{title}, mean ± std over {len(plan.seeds)} seed(s):", ""]
-        lines += depth_header(depths)
-        for variant in settings.variants:
-            cells = [results.summary([vit_key(d, variant, s) for s in plan.seeds], value) for d in depths]
-            lines.append(f"| {variant} | " + " | ".join(c.format(digits, scale) for c in cells) + " |")
-        lines.append("")
+        lines += [*depth_table(depths, settings.variants, summary_at, digits, scale), ""]
+    accuracy_at = partial(depth_summary, results, value=accuracy_of)
     lines += [
         "Accuracy difference to `none` in points, ± its standard error (`*`: more than two standard errors):",
         "",
-        *depth_header(depths),
+        *difference_table(depths, settings.variants, accuracy_at),
+        "",
     ]
-    for variant in settings.variants:
-        if variant == BASELINE:
-            continue
-        cells = [
-            difference(
-                results.summary([vit_key(d, variant, s) for s in plan.seeds], accuracy_of),
-                results.summary([vit_key(d, BASELINE, s) for s in plan.seeds], accuracy_of),
-            )
-            for d in depths
-        ]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    lines.append("")
     return lines + sweep_section(results)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.plan import FULL, QUICK, Experiment, Plan
+from runner.report import pending_notice
 from runner.statistics import Results, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit
 from runner.variants import BASELINE, LEARNED, corrections, variant_options
@@ -75,8 +76,6 @@ def metric(name: str) -> Callable[[dict[str, Any]], float]:
 
 def tagging_section(results: Results) -> list[str]:
     plan = results.plan
-    own_keys = [unit.key for unit in tagging_units(plan)]
-    pending = len(own_keys) - len(results.measured(own_keys))
     stock = results.summary(results.measured([tagging_key(BASELINE, s) for s in plan.seeds]), metric("f1"))
     lines = [
         "## Token classification: WNUT 2016 named entities",
@@ -88,13 +87,8 @@ def tagging_section(results: Results) -> list[str]:
         "accuracy), mean ± std over seeds; Δ F1 to `none` in points ± its standard error (`*`: beyond two "
         "standard errors).",
         "",
+        *pending_notice(results, [unit.key for unit in tagging_units(plan)]),
     ]
-    if pending:
-        lines += [
-            f"*{pending} of this experiment's units are not measured yet (the rows show the seeds measured); "
-            "`python experiments/run_all.py` measures them, resuming from the committed cache.*",
-            "",
-        ]
     lines += [
         "| variant | strength | seeds | " + " | ".join(title for _, title in QUALITY) + " | Δ F1 | last-layer cosine |",
         "|---|---|---:|" + "---:|" * (len(QUALITY) + 2),

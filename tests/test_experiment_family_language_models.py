@@ -64,8 +64,8 @@ def test_units_train_each_family_and_the_section_reads_them(tmp_path):
 
     results = Results(plan, cache)
     section = "\n".join(families.family_section(results))
-    pending = len(families.family_units(plan)) - len(units)
-    assert f"*{pending} of this experiment's units are not measured yet" in section
+    total = len(families.family_units(plan))
+    assert f"*{total - len(units)} of this experiment's {total} units are not measured yet" in section
     stock, centered = results["family/llama/d1/none/seed42"], results["family/llama/d1/centered/seed42"]
     assert (
         f"| none | {stock['perplexity']:.0f} |" in section and f"| centered | {centered['perplexity']:.0f} |" in section
@@ -83,6 +83,7 @@ def test_the_section_renders_with_nothing_measured(tmp_path):
     plan = replace(run_all.tiny_plan(tmp_path), experiments=(EXPERIMENT,))
     results = Results(plan, ResultCache(plan.results_path))
     section = "\n".join(families.family_section(results))
-    assert f"*{len(families.family_units(plan))} of this experiment's units are not measured yet" in section
+    total = len(families.family_units(plan))
+    assert f"*{total} of this experiment's {total} units are not measured yet" in section
     assert families.family_findings(results) == []
     assert families.profiled_texts(results) == "6 held-out corpus texts per family"

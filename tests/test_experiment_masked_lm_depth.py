@@ -91,8 +91,8 @@ def test_units_record_the_masked_lm_metrics_and_the_section_reads_them(tmp_path)
 
     results = Results(plan, cache)
     section = "\n".join(masked_lm_depth.masked_lm_section(results))
-    pending = len(masked_lm_depth.masked_lm_units(plan)) - len(units)
-    assert f"*{pending} of this experiment's units are not measured yet" in section
+    total = len(masked_lm_depth.masked_lm_units(plan))
+    assert f"*{total - len(units)} of this experiment's {total} units are not measured yet" in section
     stock = results[f"mlm/d1/{BASELINE}/seed42"]
     learned = results[f"mlm/d2/dgn{LEARNED}/seed42"]
     assert f"| none | {stock['accuracy'] * 100:.1f} | — |" in section
@@ -115,7 +115,7 @@ def test_the_section_renders_with_nothing_measured(tmp_path):
     results = Results(plan, ResultCache(plan.results_path))
     section = "\n".join(masked_lm_depth.masked_lm_section(results))
     units = len(masked_lm_depth.masked_lm_units(plan))
-    assert f"*{units} of this experiment's units are not measured yet" in section
+    assert f"*{units} of this experiment's {units} units are not measured yet" in section
     assert "| none | — | — |" in section and "scores — % masked-token accuracy" in section
     assert masked_lm_depth.masked_lm_findings(results) == []
     assert "6 held-out corpus texts" in masked_lm_depth.profiled_texts(results)

@@ -52,8 +52,8 @@ def test_units_record_the_tagging_metrics_and_the_section_reads_them(tmp_path):
 
     results = Results(plan, cache)
     section = "\n".join(wnut16_tagging.tagging_section(results))
-    pending = len(wnut16_tagging.tagging_units(plan)) - len(units)
-    assert f"*{pending} of this experiment's units are not measured yet" in section
+    total = len(wnut16_tagging.tagging_units(plan))
+    assert f"*{total - len(units)} of this experiment's {total} units are not measured yet" in section
     stock = results[f"wnut16/{BASELINE}/seed42"]
     assert f"| none | fixed | 1 | {stock['f1'] * 100:.1f} | {stock['precision'] * 100:.1f} |" in section
     assert "| neutreno | fixed | 0 | — |" in section

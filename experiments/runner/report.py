@@ -8,7 +8,7 @@ headline shows the experiments' headline images and the same findings.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,8 @@ from hf_centered.reporting import machine_description, write_generated_section
 from runner import REPO_ROOT
 from runner.cache import ResultCache
 from runner.plan import Plan
-from runner.statistics import Results, Summary
-from runner.variants import MAIN_FIELD, default_value
+from runner.statistics import Results, Summary, difference
+from runner.variants import BASELINE, MAIN_FIELD, default_value
 
 REPORT_BEGIN, REPORT_END = "<!-- experiments/run_all.py: begin -->", "<!-- experiments/run_all.py: end -->"
 HEADLINE_BEGIN = "<!-- experiments/run_all.py: headline begin -->"
@@ -196,3 +196,45 @@ def depth_axis(axis: Any, depths: Sequence[int], ylabel: str) -> None:
     axis.set_xlabel("depth (layers)")
     axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
+
+
+def pending_notice(results: Results, keys: Sequence[str]) -> list[str]:
+    """The notice above a partly measured experiment's tables (nothing once all of `keys` are measured)."""
+    pending = len(keys) - len(results.measured(keys))
+    if not pending:
+        return []
+    return [
+        f"*{pending} of this experiment's {len(keys)} units are not measured yet (the tables show the seeds measured "
+        "so far, — where none is); `python experiments/run_all.py` measures them, resuming from the committed cache.*",
+        "",
+    ]
+
+
+def depth_table(
+    depths: Sequence[int],
+    variants: Sequence[str],
+    summary_at: Callable[[int, str], Summary],
+    digits: int,
+    scale: float = 1.0,
+) -> list[str]:
+    """A table of `summary_at(depth, variant)`, mean ± std: a row per variant, a column per depth."""
+    rows = [
+        f"| {variant} | " + " | ".join(summary_at(d, variant).format(digits, scale) for d in depths) + " |"
+        for variant in variants
+    ]
+    return [*depth_header(depths), *rows]
+
+
+def difference_table(
+    depths: Sequence[int], variants: Sequence[str], summary_at: Callable[[int, str], Summary], scale: float = 100.0
+) -> list[str]:
+    """A table of each variant's difference to `none` (× `scale`) ± its standard error (`*`: more than two), a
+    column per depth."""
+    rows = [
+        f"| {variant} | "
+        + " | ".join(difference(summary_at(d, variant), summary_at(d, BASELINE), scale) for d in depths)
+        + " |"
+        for variant in variants
+        if variant != BASELINE
+    ]
+    return [*depth_header(depths), *rows]
