@@ -1092,6 +1092,10 @@ def finetune(
     processor = load_processor(args, config, source)
     data = task.load_data(args, config, processor)
     task.configure(config, data)
+    try:  # what the task set is checked now, not by the model's constructor or the save after training
+        config.validate()
+    except CONFIG_ERRORS as error:  # the validator's own message, not the strict dataclass's wrapper of it
+        fail(f"the {task.name} task set a configuration that is not valid: {one_line(error.__cause__ or error)}")
 
     set_seed(training_args.seed)  # the new head's initialisation
     model = build_model(config, source, task)

@@ -538,6 +538,10 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], header=("sentence", "
         ("foreign_output_dir", r"is not empty and holds no fine-tuning run; pass --overwrite"),
         ("different_run", r"holds a run with a different configuration \(learning_rate\)"),
         ("fsdp_on_cpu", r"FSDP runs on GPUs only: .*on CPU launch with configs/accelerate/ddp.yaml or torchrun"),
+        (
+            "task_sets_an_invalid_field",
+            r"the text-classification task set a configuration that is not valid: is_decoder",
+        ),
         ("too_few_to_split", r"the training data hold 1 example\(s\): too few to hold out validation_split_fraction"),
         ("unknown_task", r"unknown task 'sentiment'; choose among text-classification, .*image-classification"),
         ("dataset_of_another_task", r"the built-in dataset 'digits' is for --task image-classification; the built-in"),
@@ -645,6 +649,14 @@ def test_bad_input_fails_before_training(assets, tmp_path, monkeypatch, case, me
         argv += ["--learning_rate", "0.5"]
     elif case == "fsdp_on_cpu":  # what `accelerate launch --config_file configs/accelerate/fsdp-*.yaml` sets
         monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    elif case == "task_sets_an_invalid_field":  # found only at the save after training, once
+        configure = text_classification.TextClassification.configure
+
+        def configure_a_decoder(self, config, data):
+            configure(self, config, data)
+            config.is_decoder = True
+
+        monkeypatch.setattr(text_classification.TextClassification, "configure", configure_a_decoder)
 
     def contents() -> list[str]:
         return sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
