@@ -22,9 +22,9 @@ from masked_lm_depth import MLM_ARCHITECTURE, MLM_TRAINING, measure_profile_and_
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
 from runner.report import (
     depth_axis,
-    depth_table,
     difference_table,
     image_link,
+    metric_tables,
     pending_notice,
     plot_against_depth,
     pyplot,
@@ -223,12 +223,10 @@ def family_section(results: Results) -> list[str]:
     lines += [f"![each family's headline metric and last-layer cosine against depth]({image})", ""]
     for family in settings.families:
         lines += [f"### `{family}` ({FAMILIES[family].task})", ""]
-        for title, value, scale, digits in metrics_of(family):
-            summary_at = partial(measured_summary, results, family, value=value)
-            lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", ""]
-            lines += [*depth_table(depths, settings.variants, summary_at, digits, scale), ""]
+        family_summary = partial(measured_summary, results, family)
+        lines += metric_tables(results, depths, settings.variants, metrics_of(family), family_summary)
         title, value, scale, _ = metrics_of(family)[0]
-        headline_at = partial(measured_summary, results, family, value=value)
+        headline_at = partial(family_summary, value=value)
         lines += [
             f"{title.split(' (')[0]}: difference to `none`{' in points' if scale == 100.0 else ''}, ± its standard "
             "error (`*`: more than two standard errors):",

@@ -21,9 +21,9 @@ import torch
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
 from runner.report import (
     depth_axis,
-    depth_table,
     difference_table,
     image_link,
+    metric_tables,
     pending_notice,
     plot_against_depth,
     pyplot,
@@ -207,10 +207,7 @@ def masked_lm_section(results: Results) -> list[str]:
     ]
     image = image_link(plan, plan.images_dir / MLM_IMAGE)
     lines += [f"![masked-token accuracy, perplexity and last-layer profile against depth]({image})", ""]
-    for title, value, scale, digits in METRICS:
-        summary_at = partial(measured_summary, results, value=value)
-        lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", ""]
-        lines += [*depth_table(depths, settings.variants, summary_at, digits, scale), ""]
+    lines += metric_tables(results, depths, settings.variants, METRICS, partial(measured_summary, results))
     accuracy_at = partial(measured_summary, results, value=accuracy_of)
     lines += [
         "Accuracy difference to `none` in points, ± its standard error (`*`: more than two standard errors):",

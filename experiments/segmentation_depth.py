@@ -23,9 +23,9 @@ import torch
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
 from runner.report import (
     depth_axis,
-    depth_table,
     difference_table,
     image_link,
+    metric_tables,
     pending_notice,
     plot_against_depth,
     pyplot,
@@ -208,10 +208,7 @@ def segmentation_section(results: Results) -> list[str]:
     ]
     image = image_link(plan, plan.images_dir / SEGMENTATION_IMAGE)
     lines += [f"![mean IoU and last-layer patch cosine against depth]({image})", ""]
-    for title, value, scale, digits in TABLES:
-        summary_at = partial(measured_summary, results, value=value)
-        lines += [f"{title}, mean ± std over the seeds measured (of {len(plan.seeds)}):", ""]
-        lines += [*depth_table(depths, variants, summary_at, digits, scale), ""]
+    lines += metric_tables(results, depths, variants, TABLES, partial(measured_summary, results))
     mean_iou_at = partial(measured_summary, results, value=mean_iou_of)
     lines += [
         "Mean IoU difference to `none` in points (×100), ± its standard error (`*`: more than two standard errors):",

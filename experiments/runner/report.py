@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,22 @@ def depth_table(
         for variant in variants
     ]
     return [*depth_header(depths), *rows]
+
+
+def metric_tables(
+    results: Results,
+    depths: Sequence[int],
+    variants: Sequence[str],
+    metrics: Sequence[tuple[str, Callable[[dict[str, Any]], float], float, int]],
+    summary_of: Callable[..., Summary],
+) -> list[str]:
+    """Per (title, value, scale, digits) of `metrics`: its title and its `depth_table` of `summary_of(depth, variant,
+    value=value)`, over the seeds measured so far."""
+    lines = []
+    for title, value, scale, digits in metrics:
+        lines += [f"{title}, mean ± std over the seeds measured (of {len(results.plan.seeds)}):", ""]
+        lines += [*depth_table(depths, variants, partial(summary_of, value=value), digits, scale), ""]
+    return lines
 
 
 def difference_table(
