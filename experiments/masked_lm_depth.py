@@ -74,11 +74,11 @@ def masked_lm_settings(size: str) -> MaskedLMSettings:
     return MaskedLMSettings(
         depths={FULL: (2, 4, 8, 16, 24), QUICK: (2, 4), TINY: (1, 2)}[size],
         variants=(*corrected, *(name + LEARNED for name in LEARNED_OF)),
-        steps={FULL: 500, QUICK: 30, TINY: 1}[size],
+        steps={FULL: 500, QUICK: 10, TINY: 1}[size],
         max_seq_length={FULL: 64, QUICK: 64, TINY: 16}[size],
         options={
             FULL: ("--max_train_samples", "15033", "--max_eval_samples", "1000"),  # 15,033: every text of the corpus
-            QUICK: ("--max_train_samples", "960", "--max_eval_samples", "200"),
+            QUICK: ("--max_train_samples", "320", "--max_eval_samples", "100"),
             TINY: ("--max_train_samples", "32", "--max_eval_samples", "24"),
         }[size],
     )

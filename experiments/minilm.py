@@ -35,7 +35,7 @@ def finetuning_settings(size: str) -> FinetuningSettings:
     """The quick plan trains on a slice of the snippets, the tiny one a step on a few."""
     options = {
         FULL: (),
-        QUICK: ("--max_train_samples", "480", "--max_eval_samples", "240"),
+        QUICK: ("--max_train_samples", "240", "--max_eval_samples", "120"),
         TINY: ("--max_train_samples", "16", "--max_eval_samples", "12", "--max_steps", "1"),
     }[size]
     return FinetuningSettings(options=options, fusion_seeds=1)

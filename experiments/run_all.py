@@ -1,7 +1,7 @@
 """Reproduces docs/RESULTS.md offline: over-smoothing profiles, a ViT depth sweep and per-method fine-tuning.
 
     python experiments/run_all.py                 # the full plan: docs/RESULTS.md (its Setup estimates the time)
-    python experiments/run_all.py --quick         # every code path on small slices (minutes)
+    python experiments/run_all.py --quick         # every code path on small slices (about 7 minutes on 2 cores)
     python experiments/run_all.py --report-only   # rewrite the tables and plots from the cached results
     python experiments/run_all.py --only masked_lm_depth   # measure one experiment's missing units, then the report
 

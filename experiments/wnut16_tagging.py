@@ -43,7 +43,7 @@ def tagging_settings(size: str) -> TaggingSettings:
     return TaggingSettings(
         options={
             FULL: ("--num_train_epochs", "2"),
-            QUICK: ("--num_train_epochs", "1", "--max_train_samples", "320", "--max_eval_samples", "160"),
+            QUICK: ("--num_train_epochs", "1", "--max_train_samples", "160", "--max_eval_samples", "80"),
         }.get(size, ("--max_steps", "1", "--max_train_samples", "16", "--max_eval_samples", "12"))
     )
 
