@@ -101,11 +101,11 @@ def family_settings(size: str) -> FamilySettings:
         families=tuple(FAMILIES),
         depths={FULL: (4, 8, 16), QUICK: (2,), TINY: (1,)}[size],
         variants=VARIANTS if size != TINY else VARIANTS[:2],
-        steps={FULL: 500, QUICK: 30, TINY: 1}[size],
+        steps={FULL: 500, QUICK: 10, TINY: 1}[size],
         max_seq_length={FULL: 64, QUICK: 64, TINY: 16}[size],
         options={
             FULL: ("--max_train_samples", "15033", "--max_eval_samples", "1000"),  # every text of the corpus
-            QUICK: ("--max_train_samples", "960", "--max_eval_samples", "200"),
+            QUICK: ("--max_train_samples", "320", "--max_eval_samples", "100"),
             TINY: ("--max_train_samples", "32", "--max_eval_samples", "24"),
         }[size],
     )
@@ -258,7 +258,10 @@ def family_findings(results: Results) -> list[str]:
         stock = {d: summary for d, summary in stock.items() if summary.values}
         if not stock:
             continue
-        cells = ", ".join(f"{summary.mean * scale:.{digits}f} at depth {d}" for d, summary in stock.items())
+        percent = scale == 100.0
+        cells = ", ".join(
+            f"{summary.mean * scale:.{digits}f}{' %' if percent else ''} at depth {d}" for d, summary in stock.items()
+        )
         deepest = max(stock)
         summaries = {v: measured_summary(results, family, deepest, v, value) for v in settings.variants}
         differences = ", ".join(
@@ -268,7 +271,7 @@ def family_findings(results: Results) -> list[str]:
         )
         lines.append(
             f"- `{family}` ({FAMILIES[family].task}), `none`: {title.split(' (')[0].lower()} {cells}; at depth "
-            f"{deepest} against `none`: {differences}."
+            f"{deepest} against `none`{' (points)' if percent else ''}: {differences}."
         )
     return lines
 

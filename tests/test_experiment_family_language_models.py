@@ -76,7 +76,9 @@ def test_units_train_each_family_and_the_section_reads_them(tmp_path):
 
     findings = families.family_findings(results)
     assert [line.split(" ", 2)[1] for line in findings] == ["`modernbert`", "`llama`"]
-    assert f"held-out perplexity {stock['perplexity']:.0f} at depth 1" in findings[1]
+    assert f"held-out perplexity {stock['perplexity']:.0f} at depth 1; at depth 1 against `none`: " in findings[1]
+    masked = results["family/modernbert/d1/none/seed42"]["accuracy"]
+    assert f"masked-token accuracy {masked * 100:.1f} % at depth 1; at depth 1 against `none` (points): " in findings[0]
 
 
 def test_the_section_renders_with_nothing_measured(tmp_path):
