@@ -29,7 +29,15 @@ import run_all  # noqa: E402
 import vit_digits  # noqa: E402
 from runner.cache import ResultCache  # noqa: E402
 from runner.plan import Experiment, Plan, all_units  # noqa: E402
-from runner.report import HEADLINE_BEGIN, HEADLINE_END, REPORT_BEGIN, REPORT_END, compute_line, write_report  # noqa: E402
+from runner.report import (  # noqa: E402
+    HEADLINE_BEGIN,
+    HEADLINE_END,
+    REPORT_BEGIN,
+    REPORT_END,
+    compute_line,
+    machines_line,
+    write_report,
+)
 from runner.scheduling import run_units  # noqa: E402
 from runner.statistics import Results, Summary, difference  # noqa: E402
 from runner.units import PROFILE_METRICS, Unit, measure_profile  # noqa: E402
@@ -344,4 +352,15 @@ def test_the_compute_line_adds_measured_core_hours_and_estimates_the_missing_uni
         f"at {estimate / 3600:.1f} core-hours more (each at its experiment's measured seconds per unit of cost, or the "
         f"mean rate where none is measured): about {(measured + estimate) / 3600 / 2:.0f} hours for the whole plan on "
         "2 cores."
+    )
+
+
+def test_the_machine_line_names_every_machine_the_units_ran_on():
+    """A plan resumed across sessions may have run on several machines: the report names each, not only the last."""
+    amd = {"cpu": "AMD EPYC", "cores": "2", "torch": "2.13.0+cpu", "transformers": "5.23.0"}
+    xeon = {**amd, "cpu": "Intel Xeon"}
+    assert machines_line([amd, amd]) == "Machine: AMD EPYC, 2 cores, torch 2.13.0+cpu, transformers 5.23.0"
+    assert machines_line([amd, xeon, xeon]) == (
+        "Machines: AMD EPYC, 2 cores, torch 2.13.0+cpu, transformers 5.23.0 (1 invocation); "
+        "Intel Xeon, 2 cores, torch 2.13.0+cpu, transformers 5.23.0 (2 invocations)"
     )

@@ -8,6 +8,7 @@ headline shows the experiments' headline images and the same findings.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -47,11 +48,23 @@ def image_link(plan: Plan, path: Path) -> str:
     return os.path.relpath(path, plan.report_path.parent)
 
 
+def machines_line(machines: list[dict[str, str]]) -> str:
+    """The distinct machines the invocations ran on (units of one plan may come from several), with how many ran on
+    each when there is more than one."""
+    counts = Counter(
+        f"{machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, transformers {machine['transformers']}"
+        for machine in machines
+    )
+    if len(counts) == 1:
+        return f"Machine: {next(iter(counts))}"
+    return "Machines: " + "; ".join(f"{name} ({count} invocation{'s' * (count > 1)})" for name, count in counts.items())
+
+
 def setup_section(results: Results) -> list[str]:
     """What the experiments share (seeds, machine, method defaults), each experiment's setup, what is profiled."""
     plan = results.plan
     invocations = results.cache.data["invocations"]
-    machine = invocations[-1]["machine"] if invocations else machine_description()
+    machines = machines_line([entry["machine"] for entry in invocations] or [machine_description()])
     total = sum(entry["wall_seconds"] for entry in invocations)
     config_defaults = ", ".join(f"{name} = {default_value(name):g}" for name in MAIN_FIELD.values())
     lines = [
@@ -59,9 +72,8 @@ def setup_section(results: Results) -> list[str]:
         "",
         f"- Plan `{plan.name}`: seeds {', '.join(map(str, plan.seeds))}. A seed sets the weight initialisation, the "
         "data order and the train/evaluation split. Mean ± sample standard deviation over the seeds.",
-        f"- Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, transformers "
-        f"{machine['transformers']}, fp32. Wall time of the run(s) that produced these results: {total / 60:.1f} min "
-        f"over {len(invocations)} invocation(s).",
+        f"- {machines}, fp32. Wall time of the run(s) that produced these results: {total / 60:.1f} min over "
+        f"{len(invocations)} invocation(s).",
         f"- Method hyper-parameters, unless swept: the configuration defaults ({config_defaults}, dgn_groups = "
         f"{default_value('dgn_groups')}, contranorm_tau = {default_value('contranorm_tau'):g}); every layer corrected.",
     ]
