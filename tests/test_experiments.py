@@ -38,7 +38,7 @@ from runner.report import (  # noqa: E402
     machines_line,
     write_report,
 )
-from runner.scheduling import run_units  # noqa: E402
+from runner.scheduling import run_plan, run_units  # noqa: E402
 from runner.statistics import Results, Summary, difference  # noqa: E402
 from runner.units import PROFILE_METRICS, Unit, measure_profile  # noqa: E402
 from runner.variants import ALL_AT_ONCE, LEARNED, default_value, is_fusion, variants  # noqa: E402
@@ -278,6 +278,31 @@ def test_a_unit_runs_its_own_measure_and_a_failing_unit_is_reported_by_key(tmp_p
     result = cache.get(good)["result"]
     assert result["evaluation_rows"] == 24 and len(result["profile"]["cosine_similarity"]) == 2  # --max_eval_samples
     assert {"accuracy", "f1_macro"} <= set(result)  # image classification's metric_names
+
+
+def test_a_run_stopped_after_a_unit_keeps_that_unit_and_its_time_in_the_invocations(tmp_path):
+    """A long plan is stopped and resumed across sessions: each invocation's record is written with each result."""
+    plan = tiny_plan(tmp_path)
+    two = [unit for unit in vit_digits.depth_sweep_units(plan) if unit.key.startswith("vit/d1/")][:2]
+    only_two = Experiment(name="two", units=lambda plan: two, section=lambda results: [])
+    plan = replace(plan, experiments=(only_two,), settings={}, workers=1)
+
+    def stop_after_the_first_unit(line: str) -> None:
+        if line.startswith("[1/2]"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan, log=stop_after_the_first_unit)
+    stopped = ResultCache(plan.results_path)
+    assert sum(stopped.get(unit) is not None for unit in two) == 1
+    [invocation] = stopped.data["invocations"]
+    assert invocation["units_run"] == 1 and invocation["wall_seconds"] > 0 and invocation["finished"]
+    run_plan(plan, log=lambda line: None)
+    resumed = ResultCache(plan.results_path)
+    assert all(resumed.get(unit) is not None for unit in two)
+    assert [entry["units_run"] for entry in resumed.data["invocations"]] == [1, 1]
+    run_plan(plan, log=lambda line: None)  # nothing missing: no invocation recorded
+    assert len(ResultCache(plan.results_path).data["invocations"]) == 2
 
 
 def test_every_registered_method_is_in_every_experiment():

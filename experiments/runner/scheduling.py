@@ -6,7 +6,6 @@ experiments list them; the others run one per core, as many at once as the plan 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -51,23 +50,13 @@ def run_units(
 
 
 def run_plan(plan: Plan, log: Callable[[str], None] = print) -> list[str]:
-    """Runs every missing unit of `plan`, records the invocation, and returns the failures."""
+    """Runs every missing unit of `plan`, recording the invocation with each result, and returns the failures."""
     cache = ResultCache(plan.results_path)
     units = all_units(plan)
     missing = sum(cache.get(unit) is None for unit in units)
     log(f"plan {plan.name}: {len(units)} units, {missing} to run; results in {plan.results_path}")
-    started = time.perf_counter()
+    cache.start_invocation(machine_description())
     failures = run_units([unit for unit in units if unit.alone], 1, plan, cache, log)
     side_by_side = sorted((unit for unit in units if not unit.alone), key=lambda unit: -unit.cost)
     failures += run_units(side_by_side, plan.workers, plan, cache, log)
-    if missing:
-        cache.data["invocations"].append(
-            {
-                "units_run": missing - len(failures),
-                "wall_seconds": time.perf_counter() - started,
-                "finished": time.strftime("%Y-%m-%d %H:%M"),
-                "machine": machine_description(),
-            }
-        )
-        cache.save()
     return failures
