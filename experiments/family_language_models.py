@@ -80,8 +80,8 @@ FAMILIES = {
     ),
 }
 VARIANTS = (BASELINE, "centered", "neutreno")
-HEADLINE = {"fill-mask": "accuracy", "text-generation": "perplexity"}
 FAMILY_IMAGE = "family_language_models.png"
+PERCENT = 100.0  # the scale of a metric reported in percent (and its differences in points)
 
 
 @dataclass(frozen=True)
@@ -165,10 +165,10 @@ def perplexity_of(result: dict[str, Any]) -> float:
 def metrics_of(family: str) -> tuple[tuple[str, Any, float, int], ...]:
     """(title, value, scale, digits) of each table and plot panel of `family`, its headline first."""
     if FAMILIES[family].causal:
-        quality = (("Held-out perplexity", perplexity_of, 1.0, 0), ("Next-token accuracy (%)", accuracy_of, 100.0, 1))
+        quality = (("Held-out perplexity", perplexity_of, 1.0, 0), ("Next-token accuracy (%)", accuracy_of, PERCENT, 1))
     else:
         quality = (
-            ("Masked-token accuracy (%)", accuracy_of, 100.0, 1),
+            ("Masked-token accuracy (%)", accuracy_of, PERCENT, 1),
             ("Perplexity of the masked tokens", perplexity_of, 1.0, 0),
         )
     return (*quality, ("Last-layer mean pairwise cosine similarity", last_layer_cosine, 1.0, 3))
@@ -228,7 +228,7 @@ def family_section(results: Results) -> list[str]:
         title, value, scale, _ = metrics_of(family)[0]
         headline_at = partial(family_summary, value=value)
         lines += [
-            f"{title.split(' (')[0]}: difference to `none`{' in points' if scale == 100.0 else ''}, ± its standard "
+            f"{title.split(' (')[0]}: difference to `none`{' in points' if scale == PERCENT else ''}, ± its standard "
             "error (`*`: more than two standard errors):",
             "",
             *difference_table(depths, settings.variants, headline_at, scale),
@@ -258,7 +258,7 @@ def family_findings(results: Results) -> list[str]:
         stock = {d: summary for d, summary in stock.items() if summary.values}
         if not stock:
             continue
-        percent = scale == 100.0
+        percent = scale == PERCENT
         cells = ", ".join(
             f"{summary.mean * scale:.{digits}f}{' %' if percent else ''} at depth {d}" for d, summary in stock.items()
         )
