@@ -30,7 +30,7 @@ from runner.report import (
     pyplot,
     save_figure,
 )
-from runner.statistics import Results, Summary, accuracy_of, difference, last_layer_cosine
+from runner.statistics import PERCENT, Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Measure, Unit, measure_profile
 from runner.variants import BASELINE, variant_options
 
@@ -81,7 +81,6 @@ FAMILIES = {
 }
 VARIANTS = (BASELINE, "centered", "neutreno")
 FAMILY_IMAGE = "family_language_models.png"
-PERCENT = 100.0  # the scale of a metric reported in percent (and its differences in points)
 
 
 @dataclass(frozen=True)

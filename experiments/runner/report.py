@@ -18,7 +18,7 @@ from hf_centered.reporting import machine_description, write_generated_section
 from runner import REPO_ROOT
 from runner.cache import ResultCache
 from runner.plan import Plan
-from runner.statistics import Results, Summary, difference
+from runner.statistics import PERCENT, Results, Summary, difference
 from runner.variants import BASELINE, MAIN_FIELD, default_value
 
 REPORT_BEGIN, REPORT_END = "<!-- experiments/run_all.py: begin -->", "<!-- experiments/run_all.py: end -->"
@@ -255,7 +255,7 @@ def metric_tables(
 
 
 def difference_table(
-    depths: Sequence[int], variants: Sequence[str], summary_at: Callable[[int, str], Summary], scale: float = 100.0
+    depths: Sequence[int], variants: Sequence[str], summary_at: Callable[[int, str], Summary], scale: float = PERCENT
 ) -> list[str]:
     """A table of each variant's difference to `none` (× `scale`) ± its standard error (`*`: more than two), a
     column per depth."""

@@ -33,7 +33,10 @@ class Summary:
         return text + (f" ± {self.std * scale:.{digits}f}" if self.std is not None else "")
 
 
-def difference(summary: Summary, baseline: Summary, scale: float = 100.0) -> str:
+PERCENT = 100.0  # the scale of a fraction reported in percent (and of its differences, in points)
+
+
+def difference(summary: Summary, baseline: Summary, scale: float = PERCENT) -> str:
     """Mean difference to the baseline with its standard error; `*` when it exceeds two standard errors."""
     if not summary.values or not baseline.values or summary is baseline:
         return "—"
