@@ -29,6 +29,7 @@ from runner.report import (
     plot_against_depth,
     pyplot,
     save_figure,
+    seed_count,
 )
 from runner.statistics import PERCENT, Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Measure, Unit, measure_profile
@@ -198,7 +199,8 @@ def plot_families(results: Results) -> None:
             depth_axis(axis, depths, title)
             axis.set_title(family if row == 0 else "")
     axes[0][0].legend(fontsize=8)
-    figure.suptitle(f"Other families from scratch on text_corpus: mean ± std over {len(results.plan.seeds)} seed(s)")
+    seeds = seed_count(len(results.plan.seeds))
+    figure.suptitle(f"Other families from scratch on text_corpus: mean ± std over {seeds}")
     figure.tight_layout()
     save_figure(figure, results.plan.images_dir / FAMILY_IMAGE)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from minilm import text_unit
 from runner.plan import FULL, QUICK, Experiment, Plan
 from runner.report import image_link, pyplot, save_figure
-from runner.statistics import Results, accuracy_of, difference
+from runner.statistics import PERCENT, Results, accuracy_of, difference
 from runner.units import Unit
 from runner.variants import ALL_AT_ONCE, BASELINE, LEARNED, corrections, default_value
 from vit_digits import DEPTH_SWEEP, vit_key, vit_unit
@@ -102,7 +102,7 @@ def text_section(results: Results) -> list[str]:
             lines.append(f"| {name} | {strength} | 0 | — | — | — | — |")
             continue
         summary = results.summary(keys, accuracy_of)
-        f1 = results.summary(keys, lambda r: r["f1_macro"]).format(1, 100.0)
+        f1 = results.summary(keys, lambda r: r["f1_macro"]).format(1, PERCENT)
         ratios = [
             results[key]["train_seconds"] / stock_times[key.rsplit("/", 1)[1]]
             for key in keys
@@ -110,7 +110,7 @@ def text_section(results: Results) -> list[str]:
         ]
         ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "—"
         delta = difference(summary, stock) if variant != BASELINE else "—"
-        lines.append(f"| {name} | {strength} | {len(keys)} | {summary.format(1, 100.0)} | {f1} | {delta} | {ratio} |")
+        lines.append(f"| {name} | {strength} | {len(keys)} | {summary.format(1, PERCENT)} | {f1} | {delta} | {ratio} |")
     lines.append("")
     image = plan.images_dir / STRENGTH_IMAGE
     if plot_learned_strengths(results, image):
@@ -148,7 +148,7 @@ def vit_section(results: Results) -> list[str]:
                     cells.append("—")
                     continue
                 keys = results.measured([vit_key(depth, variant + suffix, s) for s in plan.seeds])
-                cells.append(results.summary(keys, accuracy_of).format(1, 100.0) if keys else "—")
+                cells.append(results.summary(keys, accuracy_of).format(1, PERCENT) if keys else "—")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

@@ -28,8 +28,9 @@ from runner.report import (
     plot_against_depth,
     pyplot,
     save_figure,
+    seed_count,
 )
-from runner.statistics import Results, Summary, accuracy_of, difference, last_layer_cosine
+from runner.statistics import PERCENT, Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit, measure_profile
 from runner.variants import BASELINE, LEARNED, is_fusion, variant_options, variants
 
@@ -148,7 +149,7 @@ def last_layer_rank(result: dict[str, Any]) -> float:
 
 # (title, value, scale, digits) of each table and plot panel
 METRICS = (
-    ("Masked-token accuracy (%)", accuracy_of, 100.0, 1),
+    ("Masked-token accuracy (%)", accuracy_of, PERCENT, 1),
     ("Perplexity of the masked tokens", perplexity_of, 1.0, 0),
     ("Last-layer mean pairwise cosine similarity", last_layer_cosine, 1.0, 3),
     ("Last-layer effective rank", last_layer_rank, 1.0, 1),
@@ -185,7 +186,8 @@ def plot_masked_lm(results: Results) -> None:
     for axis, (title, *_) in zip(axes.flat, METRICS, strict=True):
         depth_axis(axis, depths, title)
     axes[0][0].legend(fontsize=8)
-    figure.suptitle(f"BERT masked LM from scratch on text_corpus: mean ± std over {len(results.plan.seeds)} seed(s)")
+    seeds = seed_count(len(results.plan.seeds))
+    figure.suptitle(f"BERT masked LM from scratch on text_corpus: mean ± std over {seeds}")
     figure.tight_layout()
     save_figure(figure, results.plan.images_dir / MLM_IMAGE)
 
@@ -201,7 +203,7 @@ def masked_lm_section(results: Results) -> list[str]:
         "",
         f"`{'`, `'.join(settings.variants)}`: every correction alone, the gate fusion, and the learned strengths "
         f"of the two best corrections at 32 layers in experiment 2 ({' and '.join(LEARNED_OF)}). Always answering "
-        f"the most frequent training token scores {most_frequent.format(1, 100.0)} % masked-token accuracy.",
+        f"the most frequent training token scores {most_frequent.format(1, PERCENT)} % masked-token accuracy.",
         "",
         *pending_notice(results, [unit.key for unit in masked_lm_units(plan)]),
     ]
@@ -268,7 +270,7 @@ def masked_lm_findings(results: Results) -> list[str]:
         cosine = measured_summary(results, depth, best, last_layer_cosine).mean
         stock_cosine = measured_summary(results, depth, BASELINE, last_layer_cosine).mean
         lines.append(
-            f"- Masked LM, depth {depth}: best `{best}` at {summaries[best].format(1, 100.0)} %; against `none` "
+            f"- Masked LM, depth {depth}: best `{best}` at {summaries[best].format(1, PERCENT)} %; against `none` "
             f"{difference(summaries[best], base)} points; last-layer cosine {cosine:.3f} (`none` {stock_cosine:.3f})."
         )
     return lines

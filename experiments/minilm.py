@@ -18,7 +18,7 @@ from pathlib import Path
 
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
 from runner.report import image_link, pyplot, save_figure
-from runner.statistics import Results, accuracy_of, difference, last_layer_cosine
+from runner.statistics import PERCENT, Results, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, PROFILE_METRICS, UNIT_RECIPE, Unit
 from runner.variants import BASELINE, is_fusion, variant_options, variants
 
@@ -201,13 +201,13 @@ def finetuning_section(results: Results) -> list[str]:
         seeds = text_seeds(plan, variant)
         keys = [f"text/{variant}/seed{s}" for s in seeds]
         summary = results.summary(keys, accuracy_of)
-        f1 = results.summary(keys, lambda r: r["f1_macro"]).format(1, 100.0)
+        f1 = results.summary(keys, lambda r: r["f1_macro"]).format(1, PERCENT)
         ratios = [results[key]["train_seconds"] / baseline_times[s] for key, s in zip(keys, seeds, strict=True)]
         ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
         delta = difference(summary, baseline) if variant != BASELINE else "—"
         per_seed = " / ".join(f"{value * 100:.1f}" for value in summary.values)
         lines.append(
-            f"| {variant} | {len(seeds)} | {summary.format(1, 100.0)} | {per_seed} | {f1} | {delta} | {ratio} |"
+            f"| {variant} | {len(seeds)} | {summary.format(1, PERCENT)} | {per_seed} | {f1} | {delta} | {ratio} |"
         )
     mean_time = statistics.fmean(baseline_times.values())
     lines += ["", f"`none` trains in {mean_time:.0f} s on average (one process, all cores).", ""]

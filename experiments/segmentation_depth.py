@@ -30,8 +30,9 @@ from runner.report import (
     plot_against_depth,
     pyplot,
     save_figure,
+    seed_count,
 )
-from runner.statistics import Results, Summary, difference, last_layer_cosine
+from runner.statistics import PERCENT, Results, Summary, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, PROFILE_METRICS, HeadInput, Unit
 from runner.variants import BASELINE, LEARNED, is_fusion, variant_options, variants
 
@@ -167,7 +168,7 @@ def measured_summary(results: Results, depth: int, variant: str, value: Callable
 TABLES = (
     ("Mean IoU", mean_iou_of, 1.0, 3),
     ("Last-layer mean pairwise cosine similarity of the patch tokens", last_layer_cosine, 1.0, 3),
-    ("Pixel accuracy (%)", pixel_accuracy_of, 100.0, 1),
+    ("Pixel accuracy (%)", pixel_accuracy_of, PERCENT, 1),
 )
 
 
@@ -185,7 +186,7 @@ def plot_segmentation_depth(results: Results) -> None:
     for axis, label in zip(axes, ("mean IoU", "last-layer patch-token mean pairwise cosine"), strict=True):
         depth_axis(axis, depths, label)
     axes[0].legend(fontsize=7)
-    figure.suptitle(f"ViT segmenting digit mosaics, from scratch: mean ± std over {len(plan.seeds)} seed(s)")
+    figure.suptitle(f"ViT segmenting digit mosaics, from scratch: mean ± std over {seed_count(len(plan.seeds))}")
     figure.tight_layout()
     save_figure(figure, plan.images_dir / SEGMENTATION_IMAGE)
 

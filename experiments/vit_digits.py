@@ -17,8 +17,17 @@ from functools import partial
 from typing import Any
 
 from runner.plan import FULL, QUICK, TINY, Experiment, Plan
-from runner.report import depth_axis, depth_table, difference_table, image_link, plot_against_depth, pyplot, save_figure
-from runner.statistics import Results, Summary, accuracy_of, difference, last_layer_cosine
+from runner.report import (
+    depth_axis,
+    difference_table,
+    image_link,
+    metric_tables,
+    plot_against_depth,
+    pyplot,
+    save_figure,
+    seed_count,
+)
+from runner.statistics import PERCENT, Results, Summary, accuracy_of, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit
 from runner.variants import BASELINE, MAIN_FIELD, default_value, is_fusion, variant_options, variants
 
@@ -39,6 +48,10 @@ VIT_TRAINING = (
     "--warmup_steps", "0.1",
 )  # fmt: skip
 DEPTH_IMAGE = "depth_sweep.png"
+METRICS = (
+    ("Test accuracy (%)", accuracy_of, PERCENT, 1),
+    ("Last-layer mean pairwise cosine similarity", last_layer_cosine, 1.0, 3),
+)
 
 
 @dataclass(frozen=True)
@@ -148,8 +161,7 @@ def plot_depth_sweep(results: Results) -> None:
     for axis, label in zip(axes, ("test accuracy", "last-layer mean pairwise cosine similarity"), strict=True):
         depth_axis(axis, depths, label)
     axes[0].legend(fontsize=8)
-    seeds = len(plan.seeds)
-    figure.suptitle(f"ViT trained from scratch on sklearn digits: mean ± std over {seeds} seed(s)")
+    figure.suptitle(f"ViT trained from scratch on sklearn digits: mean ± std over {seed_count(len(plan.seeds))}")
     figure.tight_layout()
     save_figure(figure, plan.images_dir / DEPTH_IMAGE)
 
@@ -166,13 +178,7 @@ def depth_sweep_section(results: Results) -> list[str]:
         f"![accuracy and last-layer cosine similarity against depth]({image})",
         "",
     ]
-    for title, value, scale, digits in (
-        ("Test accuracy (%)", accuracy_of, 100.0, 1),
-        ("Last-layer mean pairwise cosine similarity", last_layer_cosine, 1.0, 3),
-    ):
-        summary_at = partial(depth_summary, results, value=value)
-        lines += [f"{title}, mean ± std over {len(plan.seeds)} seed(s):", ""]
-        lines += [*depth_table(depths, settings.variants, summary_at, digits, scale), ""]
+    lines += metric_tables(results, depths, settings.variants, METRICS, partial(depth_summary, results))
     accuracy_at = partial(depth_summary, results, value=accuracy_of)
     lines += [
         "Accuracy difference to `none` in points, ± its standard error (`*`: more than two standard errors):",
@@ -198,11 +204,11 @@ def sweep_section(results: Results) -> list[str]:
     for correction, field_name, value in points:
         keys = [vit_key(depth, correction, s, field_name, value) for s in plan.seeds]
         default = " (default)" if value == default_value(field_name) else ""
-        accuracy = results.summary(keys, accuracy_of).format(1, 100.0)
+        accuracy = results.summary(keys, accuracy_of).format(1, PERCENT)
         cosine = results.summary(keys, last_layer_cosine).format(3)
         lines.append(f"| {correction} | {field_name} | {value:g}{default} | {accuracy} | {cosine} |")
     baseline_keys = [vit_key(depth, BASELINE, s) for s in plan.seeds]
-    baseline = results.summary(baseline_keys, accuracy_of).format(1, 100.0)
+    baseline = results.summary(baseline_keys, accuracy_of).format(1, PERCENT)
     return [*lines, "", f"`none` at depth {depth}: {baseline} %.", ""]
 
 
@@ -249,7 +255,7 @@ def depth_sweep_findings(results: Results) -> list[str]:
         )
         best_summary = results.summary([vit_key(depth, best, s) for s in plan.seeds], accuracy_of)
         lines.append(
-            f"- Depth {depth}: best `{best}` at {best_summary.format(1, 100.0)} %; against `none` "
+            f"- Depth {depth}: best `{best}` at {best_summary.format(1, PERCENT)} %; against `none` "
             f"{difference(best_summary, base)} points."
         )
     return lines

@@ -16,7 +16,7 @@ from typing import Any
 
 from runner.plan import FULL, QUICK, Experiment, Plan
 from runner.report import pending_notice
-from runner.statistics import Results, difference, last_layer_cosine
+from runner.statistics import PERCENT, Results, difference, last_layer_cosine
 from runner.units import COMMON_OPTIONS, Unit
 from runner.variants import BASELINE, LEARNED, corrections, variant_options
 
@@ -99,7 +99,7 @@ def tagging_section(results: Results) -> list[str]:
         if not keys:
             lines.append(f"| {name} | {strength} | 0 | " + " | ".join(["—"] * (len(QUALITY) + 2)) + " |")
             continue
-        scores = [results.summary(keys, metric(key)).format(1, 100.0) for key, _ in QUALITY]
+        scores = [results.summary(keys, metric(key)).format(1, PERCENT) for key, _ in QUALITY]
         delta = difference(results.summary(keys, metric("f1")), stock) if variant != BASELINE else "—"
         cosine = results.summary(keys, last_layer_cosine).format(3)
         lines.append(f"| {name} | {strength} | {len(keys)} | " + " | ".join([*scores, delta, cosine]) + " |")
@@ -119,7 +119,7 @@ def tagging_findings(results: Results) -> list[str]:
     if not cells:
         return []
     return [
-        f"- WNUT 2016 tagging, entity F1 Δ to `none` ({stock.format(1, 100.0)} % over {len(stock.values)} seeds): "
+        f"- WNUT 2016 tagging, entity F1 Δ to `none` ({stock.format(1, PERCENT)} % over {len(stock.values)} seeds): "
         + "; ".join(cells)
         + "."
     ]

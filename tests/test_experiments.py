@@ -36,6 +36,7 @@ from runner.report import (  # noqa: E402
     REPORT_END,
     compute_line,
     machines_line,
+    metric_tables,
     write_report,
 )
 from runner.scheduling import run_plan, run_units  # noqa: E402
@@ -389,3 +390,26 @@ def test_the_machine_line_names_every_machine_the_units_ran_on():
         "Machines: AMD EPYC, 2 cores, torch 2.13.0+cpu, transformers 5.23.0 (1 invocation); "
         "Intel Xeon, 2 cores, torch 2.13.0+cpu, transformers 5.23.0 (2 invocations)"
     )
+
+
+def test_a_metric_table_caption_counts_the_seeds_only_when_every_cell_has_them_all(tmp_path):
+    plan = replace(tiny_plan(tmp_path), seeds=(42, 43, 44))
+    results = Results(plan, ResultCache(plan.results_path))
+    metrics = [("Accuracy (%)", lambda result: result["accuracy"], 100.0, 1)]
+
+    def summary_with(seeds_at_depth_8: int):
+        def summary_of(depth: int, variant: str, value) -> Summary:
+            seeds = seeds_at_depth_8 if (depth, variant) == (8, "centered") else 3
+            return Summary([0.5] * seeds)
+
+        return summary_of
+
+    complete = metric_tables(results, [4, 8], ["none", "centered"], metrics, summary_with(3))
+    assert complete[0] == "Accuracy (%), mean ± std over 3 seeds:"
+    assert "| centered | 50.0 ± 0.0 | 50.0 ± 0.0 |" in complete
+    incomplete = metric_tables(results, [4, 8], ["none", "centered"], metrics, summary_with(1))
+    assert incomplete[0] == "Accuracy (%), mean ± std over the seeds measured (of 3):"
+    assert "| centered | 50.0 ± 0.0 | 50.0 |" in incomplete
+    one_seed = Results(replace(plan, seeds=(42,)), results.cache)
+    caption = metric_tables(one_seed, [4], ["none"], metrics, lambda depth, variant, value: Summary([0.5]))
+    assert caption[0] == "Accuracy (%), mean ± std over 1 seed:"

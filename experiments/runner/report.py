@@ -238,6 +238,10 @@ def depth_table(
     return [*depth_header(depths), *rows]
 
 
+def seed_count(count: int) -> str:
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
 def metric_tables(
     results: Results,
     depths: Sequence[int],
@@ -246,11 +250,15 @@ def metric_tables(
     summary_of: Callable[..., Summary],
 ) -> list[str]:
     """Per (title, value, scale, digits) of `metrics`: its title and its `depth_table` of `summary_of(depth, variant,
-    value=value)`, over the seeds measured so far."""
+    value=value)`; the caption says when a cell has fewer seeds than the plan."""
+    seeds = len(results.plan.seeds)
     lines = []
     for title, value, scale, digits in metrics:
-        lines += [f"{title}, mean ± std over the seeds measured (of {len(results.plan.seeds)}):", ""]
-        lines += [*depth_table(depths, variants, partial(summary_of, value=value), digits, scale), ""]
+        summary_at = partial(summary_of, value=value)
+        complete = all(len(summary_at(d, variant).values) == seeds for d in depths for variant in variants)
+        over = seed_count(seeds) if complete else f"the seeds measured (of {seeds})"
+        lines += [f"{title}, mean ± std over {over}:", ""]
+        lines += [*depth_table(depths, variants, summary_at, digits, scale), ""]
     return lines
 
 
