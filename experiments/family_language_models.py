@@ -228,11 +228,9 @@ def family_section(results: Results) -> list[str]:
         lines += metric_tables(results, depths, settings.variants, metrics_of(family), family_summary)
         title, value, scale, _ = metrics_of(family)[0]
         headline_at = partial(family_summary, value=value)
+        unit = " in points" if scale == PERCENT else ""
         lines += [
-            f"{title.split(' (')[0]}: difference to `none`{' in points' if scale == PERCENT else ''}, ± its standard "
-            "error (`*`: more than two standard errors):",
-            "",
-            *difference_table(depths, settings.variants, headline_at, scale),
+            *difference_table(title.split(" (")[0], depths, settings.variants, headline_at, scale, unit),
             "",
         ]
     return lines

@@ -212,9 +212,7 @@ def masked_lm_section(results: Results) -> list[str]:
     lines += metric_tables(results, depths, settings.variants, METRICS, partial(measured_summary, results))
     accuracy_at = partial(measured_summary, results, value=accuracy_of)
     lines += [
-        "Accuracy difference to `none` in points, ± its standard error (`*`: more than two standard errors):",
-        "",
-        *difference_table(depths, settings.variants, accuracy_at),
+        *difference_table("Accuracy", depths, settings.variants, accuracy_at),
     ]
     return [*lines, ""]
 

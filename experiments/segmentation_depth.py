@@ -212,9 +212,7 @@ def segmentation_section(results: Results) -> list[str]:
     lines += metric_tables(results, depths, variants, TABLES, partial(measured_summary, results))
     mean_iou_at = partial(measured_summary, results, value=mean_iou_of)
     lines += [
-        "Mean IoU difference to `none` in points (×100), ± its standard error (`*`: more than two standard errors):",
-        "",
-        *difference_table(depths, variants, mean_iou_at),
+        *difference_table("Mean IoU", depths, variants, mean_iou_at, unit=" in points (×100)"),
     ]
     return [*lines, ""]
 

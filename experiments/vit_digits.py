@@ -181,9 +181,7 @@ def depth_sweep_section(results: Results) -> list[str]:
     lines += metric_tables(results, depths, settings.variants, METRICS, partial(depth_summary, results))
     accuracy_at = partial(depth_summary, results, value=accuracy_of)
     lines += [
-        "Accuracy difference to `none` in points, ± its standard error (`*`: more than two standard errors):",
-        "",
-        *difference_table(depths, settings.variants, accuracy_at),
+        *difference_table("Accuracy", depths, settings.variants, accuracy_at),
         "",
     ]
     return lines + sweep_section(results)

@@ -263,10 +263,15 @@ def metric_tables(
 
 
 def difference_table(
-    depths: Sequence[int], variants: Sequence[str], summary_at: Callable[[int, str], Summary], scale: float = PERCENT
+    title: str,
+    depths: Sequence[int],
+    variants: Sequence[str],
+    summary_at: Callable[[int, str], Summary],
+    scale: float = PERCENT,
+    unit: str = " in points",
 ) -> list[str]:
-    """A table of each variant's difference to `none` (× `scale`) ± its standard error (`*`: more than two), a
-    column per depth."""
+    """`title`'s caption and a table of each variant's difference to `none` (× `scale`, in `unit`) ± its standard
+    error (`*`: more than two), a column per depth."""
     rows = [
         f"| {variant} | "
         + " | ".join(difference(summary_at(d, variant), summary_at(d, BASELINE), scale) for d in depths)
@@ -274,4 +279,5 @@ def difference_table(
         for variant in variants
         if variant != BASELINE
     ]
-    return [*depth_header(depths), *rows]
+    caption = f"{title} difference to `none`{unit}, ± its standard error (`*`: more than two standard errors):"
+    return [caption, "", *depth_header(depths), *rows]
