@@ -211,9 +211,7 @@ def masked_lm_section(results: Results) -> list[str]:
     lines += [f"![masked-token accuracy, perplexity and last-layer profile against depth]({image})", ""]
     lines += metric_tables(results, depths, settings.variants, METRICS, partial(measured_summary, results))
     accuracy_at = partial(measured_summary, results, value=accuracy_of)
-    lines += [
-        *difference_table("Accuracy", depths, settings.variants, accuracy_at),
-    ]
+    lines += difference_table("Accuracy", depths, settings.variants, accuracy_at)
     return [*lines, ""]
 
 
@@ -257,10 +255,10 @@ def masked_lm_findings(results: Results) -> list[str]:
     stock = {d: summary for d, summary in stock.items() if summary.values}
     lines = []
     if stock:
-        cells = ", ".join(f"{summary.mean * 100:.1f} % at depth {d}" for d, summary in stock.items())
+        cells = ", ".join(f"{summary.mean * PERCENT:.1f} % at depth {d}" for d, summary in stock.items())
         lines.append(
             f"- Masked LM from scratch, `none`: masked-token accuracy {cells}; the most frequent token scores "
-            f"{most_frequent_token_accuracy(results).mean * 100:.1f} %."
+            f"{most_frequent_token_accuracy(results).mean * PERCENT:.1f} %."
         )
     for depth, base in stock.items():
         summaries = {v: measured_summary(results, depth, v, accuracy_of) for v in settings.variants}

@@ -205,7 +205,7 @@ def finetuning_section(results: Results) -> list[str]:
         ratios = [results[key]["train_seconds"] / baseline_times[s] for key, s in zip(keys, seeds, strict=True)]
         ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
         delta = difference(summary, baseline) if variant != BASELINE else "—"
-        per_seed = " / ".join(f"{value * 100:.1f}" for value in summary.values)
+        per_seed = " / ".join(f"{value * PERCENT:.1f}" for value in summary.values)
         lines.append(
             f"| {variant} | {len(seeds)} | {summary.format(1, PERCENT)} | {per_seed} | {f1} | {delta} | {ratio} |"
         )

@@ -211,9 +211,7 @@ def segmentation_section(results: Results) -> list[str]:
     lines += [f"![mean IoU and last-layer patch cosine against depth]({image})", ""]
     lines += metric_tables(results, depths, variants, TABLES, partial(measured_summary, results))
     mean_iou_at = partial(measured_summary, results, value=mean_iou_of)
-    lines += [
-        *difference_table("Mean IoU", depths, variants, mean_iou_at, unit=" in points (×100)"),
-    ]
+    lines += difference_table("Mean IoU", depths, variants, mean_iou_at, unit=" in points (×100)")
     return [*lines, ""]
 
 

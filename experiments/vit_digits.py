@@ -242,8 +242,8 @@ def depth_sweep_findings(results: Results) -> list[str]:
     lines = []
     baseline_by_depth = [results.summary([vit_key(d, BASELINE, s) for s in plan.seeds], accuracy_of) for d in depths]
     lines.append(
-        f"- `none` on digits: {baseline_by_depth[0].mean * 100:.1f} % at depth {depths[0]}, "
-        f"{baseline_by_depth[-1].mean * 100:.1f} % at depth {depths[-1]}; best depth "
+        f"- `none` on digits: {baseline_by_depth[0].mean * PERCENT:.1f} % at depth {depths[0]}, "
+        f"{baseline_by_depth[-1].mean * PERCENT:.1f} % at depth {depths[-1]}; best depth "
         f"{depths[max(range(len(depths)), key=lambda i: baseline_by_depth[i].mean)]}."
     )
     for depth, base in zip(depths, baseline_by_depth, strict=True):
