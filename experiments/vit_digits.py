@@ -155,7 +155,7 @@ def plot_depth_sweep(results: Results) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     depths = sorted(settings.depths)
     for index, variant in enumerate(settings.variants):
-        for axis, value in zip(axes, (accuracy_of, last_layer_cosine), strict=True):
+        for axis, (_, value, _, _) in zip(axes, METRICS, strict=True):
             summaries = [depth_summary(results, d, variant, value) for d in depths]
             plot_against_depth(axis, depths, summaries, index, len(settings.variants), 0.025, label=variant)
     for axis, label in zip(axes, ("test accuracy", "last-layer mean pairwise cosine similarity"), strict=True):

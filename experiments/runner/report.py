@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -254,11 +253,11 @@ def metric_tables(
     seeds = len(results.plan.seeds)
     lines = []
     for title, value, scale, digits in metrics:
-        summary_at = partial(summary_of, value=value)
-        complete = all(len(summary_at(d, variant).values) == seeds for d in depths for variant in variants)
+        cells = {(d, variant): summary_of(d, variant, value=value) for d in depths for variant in variants}
+        complete = all(len(summary.values) == seeds for summary in cells.values())
         over = seed_count(seeds) if complete else f"the seeds measured (of {seeds})"
         lines += [f"{title}, mean ± std over {over}:", ""]
-        lines += [*depth_table(depths, variants, summary_at, digits, scale), ""]
+        lines += [*depth_table(depths, variants, lambda d, variant, cells=cells: cells[d, variant], digits, scale), ""]
     return lines
 
 
