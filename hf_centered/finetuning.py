@@ -789,7 +789,7 @@ def load_processor(args: FinetuneArguments, config, source: str | None):
             # From scratch the tokenizer decides (RoBERTa's positions skip its padding id); a decoder's sequence head
             # finds each text's last token by it.
             config.pad_token_id = tokenizer.pad_token_id
-        return tokenizer
+        return args.task.adapt_tokenizer(tokenizer)
     if source is not None:
         try:
             return AutoImageProcessor.from_pretrained(source)

@@ -11,7 +11,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import run_without_the_package
-from transformers import AutoModelForCausalLM, AutoTokenizer, BertTokenizer, EvalPrediction, LlamaConfig, pipeline
+from tokenizers import Tokenizer, processors
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BertTokenizer,
+    EvalPrediction,
+    LlamaConfig,
+    TokenizersBackend,
+    pipeline,
+)
 
 from hf_centered import finetuning
 from hf_centered.finetuning import main, parse_arguments
@@ -21,6 +30,7 @@ from hf_centered.tasks.text_generation import (
     DataCollatorForCausalLanguageModeling,
     next_token_metrics,
     next_tokens_and_losses,
+    open_ended,
 )
 
 TASK = TASKS["text-generation"]
@@ -96,6 +106,61 @@ def explicit_scores(model, evaluation) -> tuple[float, float]:
                 losses.append(-float(log_probabilities[position - 1, token]))
                 hits.append(int(log_probabilities[position - 1].argmax()) == token)
     return math.exp(sum(losses) / len(losses)), sum(hits) / len(hits)
+
+
+def tokenizer_that_opens(texts_with: str):
+    """The tiny vocabulary's tokenizer with a BERT template ([CLS] text [SEP]), one that adds only a BOS token (as
+    Llama's), or one that adds none (as GPT-2's)."""
+    bert = tokenizer()
+    if texts_with == "[CLS] text [SEP]":
+        return bert
+    backend = Tokenizer.from_str(bert.backend_tokenizer.to_str())
+    if texts_with == "[CLS] text":
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A", pair="[CLS] $A $B:1", special_tokens=[("[CLS]", VOCAB.index("[CLS]"))]
+        )
+    else:
+        backend.post_processor = None
+    return TokenizersBackend(
+        tokenizer_object=backend, bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
+    )
+
+
+@pytest.mark.parametrize("texts_with", ["[CLS] text [SEP]", "[CLS] text", "text"])
+def test_each_text_is_opened_as_the_tokenizer_opens_it_and_closed_with_eos(assets, tmp_path, texts_with):
+    """The training ids of a text: the tokenizer's opening ids, its tokens cut to fit, the EOS id (a BERT tokenizer's
+    own encoding, cut texts included); the saved tokenizer opens a prompt the same way and leaves it open."""
+    loaded = tokenizer_that_opens(texts_with)
+    loaded.save_pretrained(tmp_path / "tokenizer")
+    max_seq_length = 5
+    argv = run_argv(assets, tmp_path / "out", "--max_seq_length", str(max_seq_length))
+    argv[argv.index("--tokenizer_name") + 1] = str(tmp_path / "tokenizer")
+    args = parse_arguments(argv)
+    config, source = finetuning.resolve_base_config(args)
+    processor = finetuning.load_processor(args, config, source)
+    data = args.task.load_data(args, config, processor)
+
+    opening = [VOCAB.index("[CLS]")] if texts_with != "text" else []
+    eos = VOCAB.index("[SEP]")
+    texts = assets.validation.read_text().splitlines()
+    assert len(data.evaluation) == len(texts)
+    cut = 0
+    for row, text in zip(data.evaluation, texts, strict=True):
+        words = [VOCAB.index(word) for word in text.split()]
+        room = max_seq_length - len(opening) - 1
+        assert row["input_ids"] == opening + words[:room] + [eos]
+        assert row["attention_mask"] == [1] * len(row["input_ids"])
+        if texts_with == "[CLS] text [SEP]":
+            assert row["input_ids"] == loaded(text, truncation=True, max_length=max_seq_length)["input_ids"]
+        cut += len(words) > room
+    assert cut > 0
+
+    processor.save_pretrained(tmp_path / "saved")
+    prompt = AutoTokenizer.from_pretrained(tmp_path / "saved")("the movie")
+    assert prompt["input_ids"] == [*opening, VOCAB.index("the"), VOCAB.index("movie")]
+    assert "token_type_ids" not in prompt
+    if texts_with != "[CLS] text [SEP]":  # a tokenizer that leaves texts open is kept as it is
+        assert open_ended(loaded) is loaded
 
 
 def test_the_collator_pads_on_the_right_and_ignores_only_padding():
@@ -175,15 +240,19 @@ def test_the_export_generates_in_a_pipeline_and_without_the_package(assets, tmp_
     output_dir = tmp_path / "out"
     main(run_argv(assets, output_dir, "--correction", "centered", "neutreno", "--max_steps", "8"))
     generator = pipeline("text-generation", model=str(output_dir))
-    # as the training texts begin, and without the [SEP] a BERT tokenizer would close the prompt with
-    outputs = generator(
-        "[CLS] the movie", add_special_tokens=False, max_new_tokens=6, do_sample=False, return_tensors=True
-    )
+    outputs = generator("the movie", max_new_tokens=6, do_sample=False, return_tensors=True)
     model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
-    prompt = AutoTokenizer.from_pretrained(output_dir)("[CLS] the movie", add_special_tokens=False, return_tensors="pt")
+    # opened as the training texts were, and left open: no [SEP], no token_type_ids
+    prompt = AutoTokenizer.from_pretrained(output_dir)("the movie", return_tensors="pt")
+    assert list(prompt) == ["input_ids", "attention_mask"]
     assert prompt["input_ids"][0].tolist() == [VOCAB.index(token) for token in ("[CLS]", "the", "movie")]
-    expected = model.generate(prompt["input_ids"], max_new_tokens=6, do_sample=False)[0].tolist()
+    expected = model.generate(**prompt, max_new_tokens=6, do_sample=False)[0].tolist()
     assert outputs[0]["generated_token_ids"] == expected and len(expected) > 3
+    # prompts of different lengths in one batch (padded on the left) continue as they do one at a time
+    assert generator.tokenizer.padding_side == "left"
+    prompts = ["the movie", "the actor is fun . the plot was dull . the film", "fun"]
+    one_at_a_time = [generator(text, max_new_tokens=4, do_sample=False) for text in prompts]
+    assert generator(prompts, max_new_tokens=4, do_sample=False, batch_size=3) == one_at_a_time
     script = """
         import json, sys, torch
         from transformers import AutoModelForCausalLM
@@ -260,6 +329,11 @@ def bad_input(assets, folder: Path, case: str) -> tuple[list[str], str]:
         return argv, f"has {len(VOCAB)} tokens but the model's vocab_size is 9"
     if case == "longer than the positions":
         return run_argv(assets, output_dir, "--max_seq_length", "25"), "max_position_embeddings=24"
+    if case == "no room for a text":
+        return (
+            run_argv(assets, output_dir, "--max_seq_length", "2"),
+            "max_seq_length=2 leaves no token of text beside the 2 ids that open and close each text",
+        )
     if case == "image model":
         argv = run_argv(assets, output_dir)
         argv[argv.index("--architecture") + 1] = json.dumps({"model_type": "vit", "image_size": 8, "patch_size": 4})
@@ -278,6 +352,7 @@ def bad_input(assets, folder: Path, case: str) -> tuple[list[str], str]:
         "roberta",
         "vocabulary smaller than the tokenizer's",
         "longer than the positions",
+        "no room for a text",
         "image model",
         "blank txt",
     ],

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
-from transformers import EvalPrediction, PreTrainedModel
+from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..cli import USAGE_ERROR_CODE
 from ..modeling_generic import corrected_model_class, stock_heads
@@ -125,6 +125,11 @@ class Task:
 
     def check_arguments(self, args: FinetuneArguments) -> None:
         """Checks of this task's options that need no data or model; `fail` on a bad one."""
+
+    def adapt_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        """The tokenizer this task reads its data with and saves with the model, from the loaded one: by default that
+        one itself."""
+        return tokenizer
 
     def load_data(self, args: FinetuneArguments, config, processor) -> TaskData:
         """Raw data → checked → subsampled → preprocessed; every data error stops here with `fail`, before

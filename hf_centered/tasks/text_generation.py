@@ -5,17 +5,23 @@ Models. The decoder families of the generic path (`AutoModelForCausalLM`): Llama
 of encoder families (BERT's, RoBERTa's, ELECTRA's) are not offered: they are encoders switched to decoders by
 `is_decoder=True`, which the corrected configurations refuse. From scratch (`--architecture`) the family is Llama
 unless `model_type` names another; the tokenizer then also decides the ids that open and close a text (its BOS/EOS
-tokens, or [CLS]/[SEP] for a BERT tokenizer), so that `generate()` stops where the training texts ended. A model
-trained with a BERT tokenizer is prompted as its texts began, without the [SEP] that tokenizer closes a text with:
-`pipeline("text-generation", folder)("[CLS] the movie", add_special_tokens=False)`, or `generate(input_ids)` of such
-ids (that tokenizer also returns `token_type_ids`, which a decoder does not take).
+tokens, or [CLS]/[SEP] for a BERT tokenizer).
+
+Tokenizer. Every text is trained as the tokenizer opens it (BOS or [CLS], where it adds one) and closed with its EOS
+token (a BERT tokenizer's [SEP]), so that `generate()` stops where the training texts ended. A prompt must be opened
+the same way but left open: the tokenizer saved with the model does exactly that, so that `pipeline("text-generation",
+folder)("the movie")` continues the text. A tokenizer whose template closes every text (BERT's adds [SEP], after which
+the model would start a new text) is saved as a `TokenizersBackend` with the template's opening tokens only, its
+closing token as EOS, and without `token_type_ids` (a decoder takes none); a slow tokenizer that closes texts is
+saved as it is, and is then prompted with `add_special_tokens=False` and the opening token written out. The saved
+tokenizer pads on the left, as batched generation needs (training batches are padded on the right whatever it says).
 
 Data. The texts of `tasks.texts` (the built-in `text_corpus`, .txt or csv/json(l)/parquet files with a
-`text_column`, a Hub dataset), each text one example truncated to `max_seq_length` tokens with the tokenizer's own
-special tokens, as `fill-mask` does (line by line: no example mixes two texts). Batches are padded on the right
-whatever the tokenizer's padding side (the positions of a left-padded row would start late), and the labels are the
-input ids with padding ignored: read from the attention mask, not from the pad id, which for many decoders is the
-EOS token that ends each text.
+`text_column`, a Hub dataset), each text one example (line by line, as `fill-mask`: no example mixes two texts): its
+opening ids, its tokens cut to leave room for them and the EOS id within `max_seq_length`, the EOS id (a cut text is
+closed too, as a BERT tokenizer closes every text). Batches are padded on the right whatever the tokenizer's padding
+side (the positions of a left-padded row would start late), and the labels are the input ids with padding ignored:
+read from the attention mask, not from the pad id, which for many decoders is the EOS token that ends each text.
 
 Evaluation. Every token but a text's first is predicted from the ones before it. `perplexity` is exp of the mean
 cross-entropy over all predicted tokens of the evaluation set, every token weighing the same (exp(eval_loss) differs
@@ -30,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import EvalPrediction, PreTrainedTokenizerBase
+from tokenizers import Tokenizer, processors
+from transformers import EvalPrediction, PreTrainedTokenizerBase, TokenizersBackend
 
 from ..metrics import load_metric
-from .base import IGNORED_LABEL, TEXT, Task, TaskData, require_examples, subsample_splits
+from .base import IGNORED_LABEL, TEXT, Task, TaskData, fail, require_examples, subsample_splits
 from .texts import TEXT_CORPUS, check_tokenizer_fits, read_texts
 
 if TYPE_CHECKING:
@@ -80,19 +87,32 @@ class TextGeneration(Task):
         check_tokenizer_fits(processor, config, data_args.max_seq_length)
         if args.model.architecture is not None:
             set_text_boundaries(config, processor)
+        opening, _ = text_boundaries(processor)
+        closing = [] if closing_id(processor) is None else [closing_id(processor)]
+        room = data_args.max_seq_length - len(opening) - len(closing)
+        if room < 1:
+            fail(
+                f"max_seq_length={data_args.max_seq_length} leaves no token of text beside the "
+                f"{len(opening) + len(closing)} ids that open and close each text: use a larger --max_seq_length"
+            )
         raw, dataset_label = read_texts(args, self.builtin_datasets)
         require_examples(raw)
         train, evaluation = subsample_splits(raw, args)
 
         def tokenize(batch):
-            return processor(
-                batch["text"], truncation=True, max_length=data_args.max_seq_length, return_token_type_ids=False
-            )
+            texts = processor(batch["text"], add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+            input_ids = [opening + ids + closing for ids in texts]
+            return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}
 
         with args.training.main_process_first(desc="tokenising"):
             train = train.map(tokenize, batched=True, remove_columns=["text"])
             evaluation = evaluation.map(tokenize, batched=True, remove_columns=["text"])
         return TaskData(train=train, evaluation=evaluation, dataset_label=dataset_label)
+
+    def adapt_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        adapted = open_ended(tokenizer)
+        adapted.padding_side = "left"  # batched prompts end where generation starts; the collator pads on the right
+        return adapted
 
     def data_collator(self, args: FinetuneArguments, processor) -> DataCollatorForCausalLanguageModeling:
         return DataCollatorForCausalLanguageModeling(processor)
@@ -102,6 +122,54 @@ class TextGeneration(Task):
 
     def compute_metrics(self, data: TaskData):
         return next_token_metrics
+
+
+def text_boundaries(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The ids `tokenizer` puts before and after a text of its own accord (its template's special tokens)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("a")["input_ids"]
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start : start + len(plain)] == plain:
+            return framed[:start], framed[start + len(plain) :]
+    raise ValueError(f"{type(tokenizer).__name__} encodes a text differently with its special tokens than without")
+
+
+def closing_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id that ends each training text: the tokenizer's EOS token, else its [SEP]."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
+def open_ended(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """`tokenizer` as a prompt needs it: opening a text as it does and leaving it open (module docstring). A tokenizer
+    that closes no text is returned as it is; one that does, as a copy whose template keeps only the opening tokens,
+    whose EOS token is the closing one where it named none, and which returns no `token_type_ids`."""
+    opening, closing = text_boundaries(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not closing or backend is None:
+        return tokenizer
+    opening_tokens = tokenizer.convert_ids_to_tokens(opening)
+    backend = Tokenizer.from_str(backend.to_str())
+    backend.post_processor = processors.TemplateProcessing(
+        single=[*opening_tokens, "$A"],
+        pair=[*opening_tokens, "$A", "$B:1"],
+        special_tokens=list(dict.fromkeys(zip(opening_tokens, opening, strict=True))),
+    )
+    special_tokens = dict(tokenizer.special_tokens_map)
+    if tokenizer.bos_token is None and opening:
+        special_tokens["bos_token"] = opening_tokens[0]
+    if tokenizer.eos_token is None:
+        special_tokens["eos_token"] = tokenizer.convert_ids_to_tokens(closing[-1])
+    adapted = TokenizersBackend(
+        tokenizer_object=backend,
+        name_or_path=tokenizer.name_or_path,
+        model_max_length=tokenizer.model_max_length,
+        truncation_side=tokenizer.truncation_side,
+        clean_up_tokenization_spaces=tokenizer.clean_up_tokenization_spaces,
+        model_input_names=[name for name in tokenizer.model_input_names if name != "token_type_ids"],
+        **special_tokens,
+    )
+    adapted.chat_template = tokenizer.chat_template
+    return adapted
 
 
 def set_text_boundaries(config, tokenizer) -> None:
