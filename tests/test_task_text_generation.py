@@ -31,6 +31,7 @@ from hf_centered.tasks.text_generation import (
     next_token_metrics,
     next_tokens_and_losses,
     open_ended,
+    text_boundaries,
 )
 
 TASK = TASKS["text-generation"]
@@ -161,6 +162,22 @@ def test_each_text_is_opened_as_the_tokenizer_opens_it_and_closed_with_eos(asset
     assert "token_type_ids" not in prompt
     if texts_with != "[CLS] text [SEP]":  # a tokenizer that leaves texts open is kept as it is
         assert open_ended(loaded) is loaded
+
+
+def test_a_tokenizer_whose_special_tokens_change_the_text_is_refused_in_one_line():
+    class Rewriting:
+        """Encodes "a" as [5] alone but as [1, 7, 2] with its special tokens: no opening and closing ids to tell."""
+
+        name_or_path = "rewriting-tokenizer"
+
+        def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+            return {"input_ids": [1, 7, 2] if add_special_tokens else [5]}
+
+    assert text_boundaries(tokenizer()) == ([VOCAB.index("[CLS]")], [VOCAB.index("[SEP]")])
+    with pytest.raises(UsageError) as raised:
+        text_boundaries(Rewriting())
+    assert "\n" not in str(raised.value)
+    assert str(raised.value).startswith("error: the tokenizer rewriting-tokenizer encodes a text differently")
 
 
 def test_the_collator_pads_on_the_right_and_ignores_only_padding():

@@ -41,7 +41,7 @@ from transformers import EvalPrediction, PreTrainedTokenizerBase, TokenizersBack
 
 from ..metrics import load_metric
 from .base import IGNORED_LABEL, TEXT, Task, TaskData, fail, require_examples, subsample_splits
-from .texts import TEXT_CORPUS, check_tokenizer_fits, read_texts
+from .texts import TEXT_CORPUS, check_tokenizer_fits, read_texts, tokenizer_name
 
 if TYPE_CHECKING:
     from ..finetuning import FinetuneArguments
@@ -131,7 +131,10 @@ def text_boundaries(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list
     for start in range(len(framed) - len(plain) + 1):
         if framed[start : start + len(plain)] == plain:
             return framed[:start], framed[start + len(plain) :]
-    raise ValueError(f"{type(tokenizer).__name__} encodes a text differently with its special tokens than without")
+    fail(
+        f"the tokenizer {tokenizer_name(tokenizer)} encodes a text differently with its special tokens than without, "
+        "so the ids that open and close a text cannot be told apart: use a tokenizer that only adds them around it"
+    )
 
 
 def closing_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
