@@ -266,6 +266,7 @@ def _text_batches(name_or_path: str, config: Any, texts: list[str], args: argpar
         tokenizer(
             texts[start : start + args.batch_size],
             padding=True,
+            padding_side="right",  # a decoder's tokenizer may pad on the left, which shifts absolute positions
             truncation=True,
             max_length=max_length,
             return_tensors="pt",

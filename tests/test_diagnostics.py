@@ -615,9 +615,11 @@ def test_cli_text_file_on_an_exported_checkpoint(tmp_path, trust_remote_code):
     )
 
 
-@pytest.mark.parametrize("family", ["roberta", "llama"])
+@pytest.mark.parametrize("family", ["roberta", "llama", "gpt2"])
 def test_cli_on_a_generically_corrected_checkpoint(tmp_path, family):
-    """A model of another family corrected through the generic path: its profile and learned strength map."""
+    """A model of another family corrected through the generic path: its profile and learned strength map. The
+    saved tokenizer pads on the left, as a decoder's often does: the texts are still measured right-padded (GPT-2's
+    absolute positions would otherwise shift)."""
     import transformers
     from transformers import BertTokenizer
 
@@ -630,8 +632,10 @@ def test_cli_on_a_generically_corrected_checkpoint(tmp_path, family):
     )
     if family == "roberta":
         config, auto_class = transformers.RobertaConfig(**sizes, pad_token_id=0), transformers.AutoModel
-    else:
+    elif family == "llama":
         config, auto_class = transformers.LlamaConfig(**sizes, num_key_value_heads=2), transformers.AutoModelForCausalLM
+    else:
+        config, auto_class = transformers.GPT2Config(**sizes), transformers.AutoModelForCausalLM
     torch.manual_seed(0)
     model = hf_centered.correct(
         auto_class.from_config(config), correction=["neutreno", "dgn"], correction_strength="learned"
@@ -640,7 +644,7 @@ def test_cli_on_a_generically_corrected_checkpoint(tmp_path, family):
         for name, parameter in model.named_parameters():
             if "strength_gate" in name:
                 parameter.normal_(std=0.01)
-    tokenizer = BertTokenizer(vocab=vocab)
+    tokenizer = BertTokenizer(vocab=vocab, padding_side="left")
     folder = hf_centered.export_for_hub(model, tmp_path / "exported", tokenizer)
     texts = ["good film", "the plot is slow", "fun actor fun film", "bad"]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
@@ -652,6 +656,5 @@ def test_cli_on_a_generically_corrected_checkpoint(tmp_path, family):
     assert profile["num_sequences"] == 4 and profile["num_layers"] == 2
     label = "/".join(Path(folder).resolve().parts[-2:])
     assert json.loads((out / "strengths.json").read_text()) == {label: model.correction_strengths()}
-    assert_profile_matches_naive(
-        Profile.from_dict(profile), model.eval(), dict(tokenizer(texts, padding=True, return_tensors="pt")), rel=1e-4
-    )
+    right_padded = tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
+    assert_profile_matches_naive(Profile.from_dict(profile), model.eval(), dict(right_padded), rel=1e-4)
