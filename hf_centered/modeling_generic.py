@@ -527,21 +527,28 @@ def register_corrected_models(config_class: type) -> None:
     """Registers, for every Auto model class that maps the stock configuration to a model, the corrected subclass of
     that model for `config_class`."""
     config_class.register_for_auto_class()
-    for auto_name, model_class in stock_heads(config_class.stock_config_class).items():
-        model_class = corrected_model_class(model_class)
-        getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
+    for auto_name, heads in stock_heads(config_class.stock_config_class).items():
+        model_classes = tuple(corrected_model_class(head) for head in heads)
+        # Several heads: the Auto class picks the one the configuration's `architectures` names, as for stock ones.
+        registered = model_classes[0] if len(model_classes) == 1 else model_classes
+        getattr(transformers, auto_name).register(config_class, registered, exist_ok=True)
         # Saved folders then carry this file and its siblings, with every head in `auto_map` (see
         # `CenteredPreTrainedMixin.save_pretrained`): they load with `trust_remote_code=True` without the package.
-        model_class.register_for_auto_class(auto_name)
+        for model_class in model_classes:
+            model_class.register_for_auto_class(auto_name)
 
 
-def stock_heads(stock_config_class: type) -> dict[str, type]:
-    """`{Auto class name: stock model class}` of every Auto class that maps `stock_config_class` to a model."""
+def stock_heads(stock_config_class: type) -> dict[str, tuple[type, ...]]:
+    """`{Auto class name: stock model classes}` of every Auto class that maps `stock_config_class` to a model: one
+    class, or several where the family has several such heads (DeiT's image classifiers without and with the
+    distillation head), the Auto class's default first."""
     heads = {}
     for auto_class in AUTO_MODEL_CLASSES:
-        model_class = auto_class._model_mapping.get(stock_config_class, None)
-        if isinstance(model_class, type):
-            heads[auto_class.__name__] = model_class
+        model_classes = auto_class._model_mapping.get(stock_config_class, None)
+        if isinstance(model_classes, type):
+            model_classes = (model_classes,)
+        if model_classes:
+            heads[auto_class.__name__] = tuple(model_classes)
     return heads
 
 
@@ -566,9 +573,11 @@ class CorrectedModelMixin(CenteredPreTrainedMixin):
 
     @classmethod
     def auto_model_classes(cls) -> dict[str, type]:
+        """Where an Auto class has several heads for the family, this class if it is one of them, else the default."""
         stock_config_class = cls.config_class.stock_config_class
         return {
-            name: corrected_model_class(model_class) for name, model_class in stock_heads(stock_config_class).items()
+            name: corrected_model_class(next((head for head in heads if issubclass(cls, head)), heads[0]))
+            for name, heads in stock_heads(stock_config_class).items()
         }
 
     def set_attn_implementation(self, attn_implementation, *args, **kwargs):

@@ -730,22 +730,36 @@ def test_a_checkpoint_whose_family_lacks_the_head_fails_in_one_line(assets, tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_an_image_checkpoint_of_another_family_fine_tunes(tmp_path):
+@pytest.mark.parametrize(
+    ("checkpoint_class", "config_class", "fields", "head"),
+    [
+        ("Dinov2Model", "Dinov2Config", dict(mlp_ratio=2), "Dinov2ForImageClassification"),
+        # a distilled DeiT, whose Auto class has two heads: fine-tuning trains the default one
+        (
+            "DeiTForImageClassificationWithTeacher",
+            "DeiTConfig",
+            dict(intermediate_size=23),
+            "DeiTForImageClassification",
+        ),
+    ],
+)
+def test_an_image_checkpoint_of_another_family_fine_tunes(tmp_path, checkpoint_class, config_class, fields, head):
     import transformers
 
-    config = transformers.Dinov2Config(
+    config = getattr(transformers, config_class)(
         image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        mlp_ratio=2,
+        **fields,
     )  # fmt: skip
     torch.manual_seed(0)
-    transformers.Dinov2Model(config).save_pretrained(tmp_path / "dinov2")
+    getattr(transformers, checkpoint_class)(config).save_pretrained(tmp_path / "checkpoint")
     output_dir = tmp_path / "out"
-    argv = ["--model_name_or_path", str(tmp_path / "dinov2"), "--dataset_name", "digits", "--correction", "neutreno"]
-    argv += ["--max_steps", "3", "--per_device_train_batch_size", "8", "--max_eval_samples", "40", "--no_baseline"]
+    argv = ["--model_name_or_path", str(tmp_path / "checkpoint"), "--dataset_name", "digits"]
+    argv += ["--correction", "neutreno", "--max_steps", "3", "--per_device_train_batch_size", "8"]
+    argv += ["--max_eval_samples", "40", "--no_baseline"]
     metrics = main([*argv, "--output_dir", str(output_dir), "--save_strategy", "no"])
     assert 0 <= metrics["eval_accuracy"] <= 1
     model = transformers.AutoModelForImageClassification.from_pretrained(output_dir)
-    assert type(model).__name__ == "Dinov2ForImageClassification" and model.config.correction == "neutreno"
+    assert type(model).__name__ == head and model.config.correction == "neutreno"
 
 
 @pytest.mark.parametrize("family", ["roberta", "llama"])

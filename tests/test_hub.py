@@ -490,6 +490,7 @@ LOAD_CORRECTED_WITHOUT_PACKAGE = """
         ("roberta", "AutoModelForSequenceClassification"),
         ("llama", "AutoModelForCausalLM"),
         ("dinov2", "AutoModelForImageClassification"),
+        ("deit", "AutoModelForImageClassification"),  # the second of its two heads, named by `architectures`
     ],
 )
 def test_a_generically_corrected_export_reloads_without_the_package(tmp_path, family, auto_class):
@@ -499,7 +500,8 @@ def test_a_generically_corrected_export_reloads_without_the_package(tmp_path, fa
     import hf_centered
 
     torch.manual_seed(0)
-    stock = getattr(transformers, auto_class).from_config(family_config(family)).eval()
+    architectures = ["DeiTForImageClassificationWithTeacher"] if family == "deit" else None
+    stock = getattr(transformers, auto_class).from_config(family_config(family, architectures=architectures)).eval()
     model = hf_centered.correct(
         stock, correction=["centered", "neutreno", "contranorm", "dgn"], fusion="gate", correction_strength="learned"
     )
@@ -529,3 +531,4 @@ def test_a_generically_corrected_export_reloads_without_the_package(tmp_path, fa
     assert remote.keys() == expected.keys()
     for name, value in expected.items():
         assert torch.equal(remote[name], value), name
+    assert type(getattr(transformers, auto_class).from_pretrained(folder)) is type(model)  # with the package too

@@ -110,8 +110,8 @@ class Task:
         if self.model_class is not None and isinstance(config, self.model_class.config_class):
             return self.model_class
         stock_config_class = getattr(config, "stock_config_class", None)
-        stock_head = None if stock_config_class is None else stock_heads(stock_config_class).get(self.auto_class)
-        return None if stock_head is None else corrected_model_class(stock_head)
+        heads = () if stock_config_class is None else stock_heads(stock_config_class).get(self.auto_class, ())
+        return corrected_model_class(heads[0]) if heads else None  # the Auto class's default head
 
     @property
     def scratch_model_type(self) -> str:
