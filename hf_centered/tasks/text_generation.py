@@ -88,7 +88,8 @@ class TextGeneration(Task):
         if args.model.architecture is not None:
             set_text_boundaries(config, processor)
         opening, _ = text_boundaries(processor)
-        closing = [] if closing_id(processor) is None else [closing_id(processor)]
+        closing_id = boundary_id(processor, "eos")
+        closing = [] if closing_id is None else [closing_id]
         room = data_args.max_seq_length - len(opening) - len(closing)
         if room < 1:
             fail(
@@ -137,9 +138,13 @@ def text_boundaries(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list
     )
 
 
-def closing_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
-    """The id that ends each training text: the tokenizer's EOS token, else its [SEP]."""
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+BOUNDARY_FALLBACKS = {"bos": "cls", "eos": "sep"}
+
+
+def boundary_id(tokenizer: PreTrainedTokenizerBase, name: str) -> int | None:
+    """The id that opens (`name` "bos") or closes ("eos") a text: the tokenizer's BOS/EOS token, else [CLS]/[SEP]."""
+    token_id = getattr(tokenizer, f"{name}_token_id", None)
+    return token_id if token_id is not None else getattr(tokenizer, f"{BOUNDARY_FALLBACKS[name]}_token_id", None)
 
 
 def open_ended(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -177,10 +182,8 @@ def open_ended(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
 
 def set_text_boundaries(config, tokenizer) -> None:
     """From scratch: the ids that open and close a text are the tokenizer's (BOS/EOS, else [CLS]/[SEP])."""
-    for name, fallback in (("bos", "cls"), ("eos", "sep")):
-        token_id = getattr(tokenizer, f"{name}_token_id", None)
-        if token_id is None:
-            token_id = getattr(tokenizer, f"{fallback}_token_id", None)
+    for name in BOUNDARY_FALLBACKS:
+        token_id = boundary_id(tokenizer, name)
         if token_id is not None:
             setattr(config, f"{name}_token_id", token_id)
 
